@@ -1,0 +1,104 @@
+"""Every algorithm file follows the README's conventions for bad input: an unknown, corrupted,
+mismatched or non-finite dataset is refused with a clear message, a non-zero exit, and no run
+directory left behind. Each file carries its own copy of the loading code, so each is checked."""
+
+import importlib
+import shutil
+from pathlib import Path
+
+import minari
+import numpy as np
+import pytest
+from conftest import ROOT, run_cli
+from gymnasium.spaces import Box
+from minari.data_collector.episode_buffer import EpisodeBuffer
+
+ALGORITHMS = sorted(p.stem for p in (ROOT / "algorithms").glob("*.py") if not p.stem.startswith("_"))
+
+
+def test_the_three_algorithms_exist():
+    assert ALGORITHMS == ["famo2o", "off2on", "uni_o4"]
+
+
+def _episode(obs_dim: int, n: int = 20, reward=-1.0) -> EpisodeBuffer:
+    rng = np.random.default_rng(0)
+    return EpisodeBuffer(id=0, seed=0, observations=rng.normal(size=(n + 1, obs_dim)).astype(np.float32),
+                         actions=rng.uniform(-2, 2, (n, 1)).astype(np.float32), rewards=[reward] * n,
+                         terminations=[False] * n, truncations=[False] * (n - 1) + [True], infos={})
+
+
+def _make(did: str, obs_dim: int, reward=-1.0):
+    minari.create_dataset_from_buffers(did, [_episode(obs_dim, reward=reward)], env="Pendulum-v1",
+                                       observation_space=Box(-np.inf, np.inf, (obs_dim,), np.float32),
+                                       action_space=Box(-2, 2, (1,), np.float32), algorithm_name="test",
+                                       author="t", author_email="t@t", code_permalink="t", description="t")
+
+
+@pytest.fixture(scope="module")
+def bad_root(minari_root, tmp_path_factory):
+    """A Minari root with a corrupted copy of a pendulum dataset, one whose spaces do not match its
+    environment, and one holding NaN rewards."""
+    root = tmp_path_factory.mktemp("bad_minari")
+    src = Path(minari_root, "o2o", "pendulum", "medium-v0")
+    dst = root / "o2o" / "pendulum" / "corrupt-v0"
+    shutil.copytree(src, dst)
+    meta = (dst / "data" / "metadata.json").read_text().replace("o2o/pendulum/medium-v0", "o2o/pendulum/corrupt-v0")
+    (dst / "data" / "metadata.json").write_text(meta)
+    (dst / "data" / "main_data.hdf5").write_bytes(b"not an hdf5 file")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINARI_DATASETS_PATH", str(root))
+        _make("test/pendulum/mismatch-v0", obs_dim=4)
+        _make("test/pendulum/nan-v0", obs_dim=3, reward=float("nan"))
+    return root
+
+
+@pytest.fixture(params=ALGORITHMS)
+def algo(request):
+    return importlib.import_module(request.param)
+
+
+def test_unknown_dataset_names_it_and_says_what_to_do(algo, minari_root):
+    with pytest.raises(algo.DatasetError) as e:
+        algo.load_minari_dataset("o2o/pendulum/nonexistent-v0")
+    msg = str(e.value)
+    assert "o2o/pendulum/nonexistent-v0" in msg and "o2o/pendulum/medium-v0" in msg
+    assert "make_datasets.py" in msg and "--download" in msg
+
+
+def test_corrupted_dataset(algo, bad_root, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(bad_root))
+    with pytest.raises(algo.DatasetError, match="corrupted"):
+        algo.dataset_to_transitions(algo.load_minari_dataset("o2o/pendulum/corrupt-v0"))
+
+
+def test_mismatched_env(algo, bad_root, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(bad_root))
+    with pytest.raises(algo.DatasetError, match="does not match"):
+        algo.make_eval_env(algo.load_minari_dataset("test/pendulum/mismatch-v0"))
+
+
+def test_nan_dataset(algo, bad_root, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(bad_root))
+    with pytest.raises(algo.DatasetError, match="NaN"):
+        algo.dataset_to_transitions(algo.load_minari_dataset("test/pendulum/nan-v0"))
+
+
+@pytest.mark.parametrize("script", ALGORITHMS)
+@pytest.mark.parametrize(
+    "dataset, flags, expected",
+    [
+        ("o2o/pendulum/nonexistent-v0", [], "is not on the local disk"),
+        ("test/pendulum/mismatch-v0", [], "does not match"),
+        ("test/pendulum/nan-v0", [], "NaN"),
+        ("o2o/pendulum/corrupt-v0", [], "corrupted"),
+        # no network here: the download path must fail fast with the documented message
+        ("mujoco/hopper/medium-v0", ["--download"], "unreachable"),
+    ],
+)
+def test_cli_bad_dataset_exits_2_and_writes_nothing(script, dataset, flags, expected, bad_root, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(f"algorithms/{script}.py", "--dataset-id", dataset, *flags, "--run-dir", str(run_dir),
+                   minari_root=bad_root, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert expected in proc.stderr and dataset in proc.stderr
+    assert not run_dir.exists()
