@@ -21,13 +21,14 @@ never leaves a half-written dataset behind.
 New environments slot in as another `Recipe` in `RECIPES`.
 """
 
+import json
 import os
 import shutil
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 import gymnasium as gym
 import minari
@@ -53,6 +54,8 @@ class Recipe:
     """(quality, progress in [0, 1] through the dataset, rng) -> policy; progress drives medium-replay"""
     description: str
     """what the behaviour policies are, stored in each dataset"""
+    default_transitions: int = 10_000
+    """default size of each quality (medium-expert holds twice as many: the union of medium and expert)"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,6 +113,130 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+# ---------------------------------------------------------------------------------------------
+# MuJoCo locomotion (gymnasium v5): SAC checkpoints shipped in benchmark/policies/<env>/
+# ---------------------------------------------------------------------------------------------
+POLICY_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "policies")
+
+
+def load_policies(env_name: str) -> dict:
+    """policies.json of a shipped env: the medium and expert checkpoints and the medium-replay sequence."""
+    path = os.path.join(POLICY_DIR, env_name, "policies.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"no behaviour policies shipped for '{env_name}' ({path} is missing): train them with "
+            f"`python benchmark/sac.py --env-id {MUJOCO[env_name][0]} --checkpoint-dir DIR`, then "
+            f"`python benchmark/make_datasets.py --envs {env_name} --ship-from DIR`"
+        )
+    with open(path) as f:
+        return json.load(f)
+
+
+def mujoco_behaviour(env_name: str) -> Callable[[str, float, np.random.Generator], Policy]:
+    """Stochastic actions of the shipped SAC actors, as D4RL sampled its behaviour policies. medium-replay
+    walks the checkpoint sequence from random actions up to the medium policy."""
+    actors: dict[str, object] = {}
+
+    def actor(file: str):
+        if file not in actors:
+            from sac import load_actor  # torch is only needed for the MuJoCo recipes
+
+            actors[file] = load_actor(os.path.join(POLICY_DIR, env_name, file))
+        return actors[file]
+
+    def behaviour(quality: str, progress: float, rng: np.random.Generator) -> Policy:
+        import torch
+
+        meta = load_policies(env_name)
+        if quality == "random":
+            file = None
+        elif quality in ("medium", "expert"):
+            file = meta[quality]["file"]
+        elif quality == "medium-replay":
+            sequence = [None] + [c["file"] for c in meta["replay_sequence"]]
+            file = sequence[min(int(progress * len(sequence)), len(sequence) - 1)]
+        else:
+            raise ValueError(f"unknown quality {quality!r}")
+        low, high = np.array(meta["low"], np.float32), np.array(meta["high"], np.float32)
+        if file is None:
+            return lambda obs: rng.uniform(low, high).astype(np.float32)
+        pi = actor(file)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+
+        def act(obs):
+            with torch.no_grad():
+                mean, log_std = pi(torch.as_tensor(obs, dtype=torch.float32)[None])
+                u = mean + log_std.exp() * torch.randn(mean.shape, generator=gen)
+                return (torch.tanh(u) * pi.action_scale + pi.action_bias)[0].numpy()
+
+        return act
+
+    return behaviour
+
+
+# env name -> (gymnasium id, D4RL random score, D4RL expert score): normalized scores read on the papers' scale
+MUJOCO = {
+    "hopper": ("Hopper-v5", -20.272305, 3234.3),
+    "halfcheetah": ("HalfCheetah-v5", -280.178953, 12135.0),
+    "walker2d": ("Walker2d-v5", 1.629008, 4592.3),
+}
+for _name, (_env_id, _lo, _hi) in MUJOCO.items():
+    RECIPES[_name] = Recipe(
+        env_id=_env_id,
+        ref_min_score=_lo,
+        ref_max_score=_hi,
+        behaviour=mujoco_behaviour(_name),
+        default_transitions=100_000,
+        description=(
+            f"{_env_id}, D4RL recipe rebuilt locally: behaviour policies are checkpoints of one SAC run "
+            "(benchmark/sac.py): expert = best evaluation, medium = the checkpoint nearest one third of it, "
+            "medium-replay = rollouts of the checkpoint sequence from random actions up to medium, "
+            "medium-expert = union of a medium and an expert set; stochastic actions. Reference scores are "
+            "D4RL's random/expert returns, so normalized scores read on the D4RL scale (the envs are v5, "
+            "not D4RL's v2, so the numbers are comparable in scale, not identical)."
+        ),
+    )
+
+
+def ship_policies(env_name: str, train_dir: str, replay_steps: int = 8) -> dict:
+    """Pick, from a SAC run's checkpoints.json, expert = the best evaluation and medium = the checkpoint
+    (before the best) whose return is nearest one third of it, as D4RL did; copy them and up to
+    `replay_steps` evenly spaced earlier checkpoints (the medium-replay sequence) into POLICY_DIR."""
+    with open(os.path.join(train_dir, "checkpoints.json")) as f:
+        run = json.load(f)
+    ckpts = run["checkpoints"]
+    best = max(range(len(ckpts)), key=lambda i: ckpts[i]["eval_return"])
+    target = ckpts[best]["eval_return"] / 3
+    medium = min(range(best + 1), key=lambda i: abs(ckpts[i]["eval_return"] - target))
+    picks = np.unique(np.linspace(0, medium, min(replay_steps, medium + 1)).round().astype(int))
+    out = os.path.join(POLICY_DIR, env_name)
+    os.makedirs(out, exist_ok=True)
+    for i in {*picks.tolist(), medium, best}:
+        shutil.copy(os.path.join(train_dir, ckpts[i]["file"]), out)
+    first = torch_load_meta(os.path.join(train_dir, ckpts[best]["file"]))
+    meta = dict(
+        env_id=run["env_id"],
+        sac_seed=run["seed"],
+        steps_trained=ckpts[-1]["step"],
+        low=first["low"],
+        high=first["high"],
+        expert=ckpts[best],
+        medium=ckpts[medium],
+        replay_sequence=[ckpts[i] for i in picks],
+        command=f"python benchmark/sac.py --env-id "
+        f"{run['env_id']} --total-timesteps {run['args']['total_timesteps']} --seed {run['seed']}",
+    )
+    with open(os.path.join(out, "policies.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    return meta
+
+
+def torch_load_meta(path: str) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def dataset_id(env: str, quality: str) -> str:
     return f"o2o/{env}/{quality}-v0"
 
@@ -143,22 +270,36 @@ def rollout(env: gym.Env, policy: Policy, seed: int, episode_id: int) -> Episode
     )
 
 
-def collect(recipe: Recipe, quality: str, episodes: int, seed: int) -> list[EpisodeBuffer]:
-    """`episodes` episodes of one quality (medium-expert: `episodes` medium + `episodes` expert)."""
+def collect(
+    recipe: Recipe, quality: str, seed: int, episodes: Optional[int] = None, transitions: Optional[int] = None
+) -> list[EpisodeBuffer]:
+    """Whole episodes of one quality: exactly `episodes` of them, or as many as reach `transitions` steps
+    (default: the recipe's size). medium-expert is a medium set plus an expert set of that size."""
+    target = transitions or recipe.default_transitions
     parts = ("medium", "expert") if quality == "medium-expert" else (quality,)
     env = gym.make(recipe.env_id)
     env.action_space.seed(seed)
     buffers = []
     for k, part in enumerate(parts):
         rng = np.random.default_rng([seed, QUALITIES.index(part), k])
-        for i in range(episodes):
-            policy = recipe.behaviour(part, i / max(episodes - 1, 1), rng)
+        i = steps = 0
+        while (i < episodes) if episodes else (steps < target):
+            progress = i / max(episodes - 1, 1) if episodes else steps / target
+            policy = recipe.behaviour(part, progress, rng)
             buffers.append(rollout(env, policy, seed=seed * 1_000_003 + 10_000 * k + i, episode_id=len(buffers)))
+            i, steps = i + 1, steps + len(buffers[-1].rewards)
     env.close()
     return buffers
 
 
-def build(env_name: str, quality: str, episodes: int, seed: int, overwrite: bool) -> str:
+def build(
+    env_name: str,
+    quality: str,
+    seed: int,
+    overwrite: bool,
+    episodes: Optional[int] = None,
+    transitions: Optional[int] = None,
+) -> str:
     """Build one dataset; returns 'built', 'skipped' or raises. Atomic: a temporary Minari root is
     filled first, then its folder is moved into place."""
     recipe, did = RECIPES[env_name], dataset_id(env_name, quality)
@@ -166,7 +307,7 @@ def build(env_name: str, quality: str, episodes: int, seed: int, overwrite: bool
     final_dir = os.path.join(root, *did.split("/"))
     if os.path.exists(final_dir) and not overwrite:
         return "skipped"
-    buffers = collect(recipe, quality, episodes, seed)
+    buffers = collect(recipe, quality, seed, episodes, transitions)
     tmp_root = tempfile.mkdtemp(prefix=".o2o-build-", dir=root)
     old_env = os.environ.get("MINARI_DATASETS_PATH")
     try:
@@ -203,16 +344,22 @@ def build(env_name: str, quality: str, episodes: int, seed: int, overwrite: bool
 
 @dataclass
 class Args:
-    envs: list[str] = field(default_factory=lambda: list(RECIPES))
-    """environments to build (keys of RECIPES)"""
+    envs: list[str] = field(default_factory=lambda: ["pendulum"])
+    """environments to build (keys of RECIPES: pendulum, hopper, halfcheetah, walker2d)"""
     qualities: list[str] = field(default_factory=lambda: list(QUALITIES))
     """dataset qualities to build"""
-    episodes: int = 50
-    """episodes per quality (medium-expert holds twice as many: the union of medium and expert)"""
+    transitions: Optional[int] = None
+    """transitions per quality, in whole episodes (default: 10k for pendulum, 100k for MuJoCo; D4RL used 1M;
+    medium-expert holds twice as many)"""
+    episodes: Optional[int] = None
+    """exactly this many episodes per quality instead of --transitions"""
     seed: int = 0
     """seed of the rollouts"""
     overwrite: bool = False
     """rebuild datasets that already exist (default: skip them)"""
+    ship_from: Optional[str] = None
+    """instead of building: pick medium/expert checkpoints from this benchmark/sac.py checkpoint directory and
+    ship them into benchmark/policies/<env>/ (needs exactly one MuJoCo env in --envs)"""
 
 
 def main(args: Args) -> int:
@@ -222,13 +369,26 @@ def main(args: Args) -> int:
             f"error: unknown env or quality {bad}; envs: {list(RECIPES)}, qualities: {list(QUALITIES)}", file=sys.stderr
         )
         return 2
-    if args.episodes < 1:
-        print("error: --episodes must be at least 1", file=sys.stderr)
+    if (args.episodes is not None and args.episodes < 1) or (args.transitions is not None and args.transitions < 1):
+        print("error: --episodes and --transitions must be at least 1", file=sys.stderr)
         return 2
+    if args.ship_from:
+        if len(args.envs) != 1 or args.envs[0] not in MUJOCO:
+            print(f"error: --ship-from needs exactly one of {list(MUJOCO)} in --envs", file=sys.stderr)
+            return 2
+        meta = ship_policies(args.envs[0], args.ship_from)
+        print(json.dumps({k: meta[k] for k in ("env_id", "steps_trained", "medium", "expert")}, indent=1))
+        return 0
     for env_name in args.envs:
+        if env_name in MUJOCO:
+            try:
+                load_policies(env_name)
+            except FileNotFoundError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
         for quality in args.qualities:
             t0 = time.time()
-            status = build(env_name, quality, args.episodes, args.seed, args.overwrite)
+            status = build(env_name, quality, args.seed, args.overwrite, args.episodes, args.transitions)
             print(f"{dataset_id(env_name, quality)}: {status} ({time.time() - t0:.1f}s)", flush=True)
     return 0
 

@@ -22,16 +22,31 @@ def test_the_three_algorithms_exist():
 
 def _episode(obs_dim: int, n: int = 20, reward=-1.0) -> EpisodeBuffer:
     rng = np.random.default_rng(0)
-    return EpisodeBuffer(id=0, seed=0, observations=rng.normal(size=(n + 1, obs_dim)).astype(np.float32),
-                         actions=rng.uniform(-2, 2, (n, 1)).astype(np.float32), rewards=[reward] * n,
-                         terminations=[False] * n, truncations=[False] * (n - 1) + [True], infos={})
+    return EpisodeBuffer(
+        id=0,
+        seed=0,
+        observations=rng.normal(size=(n + 1, obs_dim)).astype(np.float32),
+        actions=rng.uniform(-2, 2, (n, 1)).astype(np.float32),
+        rewards=[reward] * n,
+        terminations=[False] * n,
+        truncations=[False] * (n - 1) + [True],
+        infos={},
+    )
 
 
 def _make(did: str, obs_dim: int, reward=-1.0):
-    minari.create_dataset_from_buffers(did, [_episode(obs_dim, reward=reward)], env="Pendulum-v1",
-                                       observation_space=Box(-np.inf, np.inf, (obs_dim,), np.float32),
-                                       action_space=Box(-2, 2, (1,), np.float32), algorithm_name="test",
-                                       author="t", author_email="t@t", code_permalink="t", description="t")
+    minari.create_dataset_from_buffers(
+        did,
+        [_episode(obs_dim, reward=reward)],
+        env="Pendulum-v1",
+        observation_space=Box(-np.inf, np.inf, (obs_dim,), np.float32),
+        action_space=Box(-2, 2, (1,), np.float32),
+        algorithm_name="test",
+        author="t",
+        author_email="t@t",
+        code_permalink="t",
+        description="t",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +112,16 @@ def test_nan_dataset(algo, bad_root, monkeypatch):
 )
 def test_cli_bad_dataset_exits_2_and_writes_nothing(script, dataset, flags, expected, bad_root, tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli(f"algorithms/{script}.py", "--dataset-id", dataset, *flags, "--run-dir", str(run_dir),
-                   minari_root=bad_root, timeout=120)
+    proc = run_cli(
+        f"algorithms/{script}.py",
+        "--dataset-id",
+        dataset,
+        *flags,
+        "--run-dir",
+        str(run_dir),
+        minari_root=bad_root,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert expected in proc.stderr and dataset in proc.stderr
     assert not run_dir.exists()

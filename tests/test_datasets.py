@@ -36,7 +36,9 @@ def test_shapes_and_metadata(minari_root, quality):
 
 
 def test_qualities_are_ordered(minari_root):
-    score = {q: _normalized(minari.load_dataset(make_datasets.dataset_id("pendulum", q))) for q in make_datasets.QUALITIES}
+    score = {
+        q: _normalized(minari.load_dataset(make_datasets.dataset_id("pendulum", q))) for q in make_datasets.QUALITIES
+    }
     assert abs(score["random"]) < 15
     assert score["expert"] > 90
     assert 25 < score["medium"] < 75
@@ -71,9 +73,9 @@ def test_rerun_skips_and_overwrite_rebuilds(minari_root, tmp_path, monkeypatch):
     args = make_datasets.Args(envs=["pendulum"], qualities=["random"], episodes=3, seed=0)
     assert make_datasets.main(args) == 0
     did = make_datasets.dataset_id("pendulum", "random")
-    assert make_datasets.build("pendulum", "random", 5, 0, overwrite=False) == "skipped"
+    assert make_datasets.build("pendulum", "random", 0, overwrite=False, episodes=5) == "skipped"
     assert minari.load_dataset(did).total_episodes == 3
-    assert make_datasets.build("pendulum", "random", 5, 0, overwrite=True) == "built"
+    assert make_datasets.build("pendulum", "random", 0, overwrite=True, episodes=5) == "built"
     assert minari.load_dataset(did).total_episodes == 5
     leftovers = [p for p in os.listdir(tmp_path) if p.startswith(".o2o-build-")]
     assert leftovers == [] and minari.list_local_datasets() == {did: minari.list_local_datasets()[did]}
@@ -87,7 +89,7 @@ def test_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
 
     monkeypatch.setattr(minari, "create_dataset_from_buffers", broken)
     with pytest.raises(RuntimeError):
-        make_datasets.build("pendulum", "random", 2, 0, overwrite=False)
+        make_datasets.build("pendulum", "random", 0, overwrite=False, episodes=2)
     assert os.listdir(tmp_path) == []
 
 
