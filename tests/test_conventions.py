@@ -9,9 +9,10 @@ from pathlib import Path
 import minari
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli
 from gymnasium.spaces import Box
 from minari.data_collector.episode_buffer import EpisodeBuffer
+
+from conftest import ROOT, run_cli
 
 ALGORITHMS = sorted(p.stem for p in (ROOT / "algorithms").glob("*.py") if not p.stem.startswith("_"))
 

@@ -4,10 +4,11 @@ and that re-running never corrupts an existing dataset."""
 import os
 
 import gymnasium as gym
-import make_datasets
 import minari
 import numpy as np
 import pytest
+
+import make_datasets
 from conftest import PENDULUM_EPISODES, run_cli
 
 
