@@ -1,19 +1,23 @@
 """Tests of algorithms/uni_o4.py: unit tests of each piece, learning runs as a user would launch them, bad input."""
 
 import copy
+import json
 
 import numpy as np
 import pytest
 import torch
-from conftest import run_algo, run_cli
 
 import uni_o4 as U
+from conftest import run_algo, run_cli
 
 SCRIPT = "algorithms/uni_o4.py"
-# Small networks and step budgets for the CPU test machine; the defaults are the paper's sizes.
+# CPU test budget, passed as flags (the defaults are the paper's sizes). Q̂ must be accurate enough for the
+# improvement to help: with 2000 value steps at width 64 (or γ = 0.9) the improvement *hurt* (−15 points), at 5000
+# steps at width 128 and γ = 0.95 it helps. Learning rates ×10 of the paper's for the short budget.
 SMALL = [
-    "--q-hidden-dim", "128", "--v-hidden-dim", "128", "--bc-hidden-dim", "128", "--dyn-hidden-dim", "64",
-    "--ope-num-states", "64", "--ope-horizon", "30", "--eval-episodes", "5", "--dyn-max-epochs", "20",
+    "--q-hidden-dim", "128", "--v-hidden-dim", "128", "--bc-hidden-dim", "64", "--dyn-hidden-dim", "64",
+    "--ope-num-states", "64", "--ope-horizon", "30", "--gamma", "0.95", "--value-lr", "1e-3", "--bc-lr", "1e-3",
+    "--eval-episodes", "5", "--dyn-max-epochs", "20",
 ]  # fmt: skip
 
 
@@ -75,25 +79,28 @@ def test_disagreement_term_has_gradient_and_official_variant_is_a_no_op():
 
 
 def test_dynamics_fits_a_linear_system():
+    """s' = A s + B a + noise, r = −0.1|s|² + noise: the elites recover the mean and the noise level."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     A = torch.tensor([[0.9, 0.1], [-0.2, 0.8]])
     B = torch.tensor([[0.5], [-0.3]])
-    s = torch.randn(3000, 2)
-    a = torch.rand(3000, 1) * 2 - 1
-    s2 = s @ A.T + a @ B.T
-    r = (s**2).sum(1) * -1.0
-    args = U.Args(dyn_hidden_dim=64, dyn_max_epochs=60, dyn_members=3, dyn_elites=2)
-    model = U.DynamicsEnsemble(2, 1, 3, 2, hidden=64, depth=4)
+    noise = 0.05
+    s, a = torch.randn(5000, 2), torch.rand(5000, 1) * 2 - 1
+    s2 = s @ A.T + a @ B.T + noise * torch.randn(5000, 2)
+    r = -0.1 * (s**2).sum(1) + noise * torch.randn(5000)
+    args = U.Args(dyn_max_epochs=100)
+    model = U.DynamicsEnsemble(2, 1, members=3, elites=2, hidden=64, depth=4)
     info = U.train_dynamics(model, s, a, r, s2, args, None, rng)
-    target_var = torch.cat([s2 - s, r[:, None]], 1).var(0).mean().item()
-    assert info["elite_holdout_mse"] < 0.02 * target_var, (info, target_var)
-    st = torch.randn(200, 2)
-    at = torch.rand(200, 1) * 2 - 1
+    assert info["elite_holdout_mse"] < 2 * noise**2, info  # measured 0.0028 vs noise² = 0.0025
+    st, at = torch.randn(200, 2), torch.rand(200, 1) * 2 - 1
     with torch.no_grad():
-        mean, _ = model(torch.cat([st, at], 1), model.elites)
-    err = (mean[..., :2] + st - (st @ A.T + at @ B.T)).pow(2).mean().item()
-    assert err < 0.02, err
+        mean, logvar = model(torch.cat([st, at], 1), model.elites)
+    assert (mean[..., :2] + st - (st @ A.T + at @ B.T)).pow(2).mean() < 0.1 * noise**2  # measured 1e-4
+    assert (mean[..., 2] + 0.1 * (st**2).sum(1)).pow(2).mean() < 0.1 * noise**2
+    assert abs(logvar.mean().item() - np.log(noise**2)) < 0.5  # measured −5.9 vs −5.99
+    # a model step moves a batch of raw states with one random elite per sample
+    nxt, rew = model.step(st, at, torch.Generator().manual_seed(0))
+    assert nxt.shape == (200, 2) and rew.shape == (200,)
 
 
 class _PointModel:
@@ -115,8 +122,8 @@ def test_am_q_ranks_a_good_policy_above_a_random_one():
     with torch.no_grad():  # member 0: μ = tanh(−5 s) steers to the origin; member 1: random weights
         for p in pi.parameters():
             p[0] = 0
-        pi.net.layers[0].weight[0, 0, 0] = 1.0
-        pi.net.layers[1].weight[0, 0, 0] = -5.0
+        pi.net.layers[0].weight[0, 0, :2] = torch.tensor([1.0, -1.0])  # relu(s), relu(−s)
+        pi.net.layers[1].weight[0, :2, 0] = torch.tensor([-5.0, 5.0])
     norm = U.StateNorm(np.zeros(1), np.ones(1), "cpu")
     s0 = torch.linspace(-2, 2, 64)[:, None]
     scores = U.am_q(pi, _PointModel(), U._term_never, _PointQ(), norm, s0, horizon=30, seed=0)
@@ -158,15 +165,22 @@ def test_gae_truncation_vs_termination():
 def offline_runs(minari_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("uni_o4")
     flags = [
-        "--dataset-id", "o2o/pendulum/medium-v0", "--phases", "offline-online", "--seed", "1",
-        "--value-steps", "2000", "--bc-steps", "2000", "--offline-steps", "500", "--online-steps", "4096",
-        "--eval-freq", "2048", *SMALL,
+        "--dataset-id", "o2o/pendulum/medium-v0", "--seed", "1", "--value-steps", "5000", "--bc-steps", "1000",
+        "--offline-steps", "300", "--online-steps", "2048", "--eval-freq", "2048", *SMALL,
     ]  # fmt: skip
     full = run_algo(SCRIPT, *flags, minari_root=minari_root, run_dir=tmp / "full")
-    # negative control: no BC and no improvement -> randomly initialised policies
-    neg = run_algo(SCRIPT, *flags, "--bc-steps", "0", "--offline-steps", "0", "--online-steps", "0",
-                   minari_root=minari_root, run_dir=tmp / "neg")  # fmt: skip
+    # negative control: no values, no BC, no improvement -> randomly initialised policies
+    off = ["--phases", "offline", "--value-steps", "0", "--bc-steps", "0", "--offline-steps", "0"]
+    neg = run_algo(SCRIPT, *flags, *off, "--dyn-max-epochs", "2", minari_root=minari_root, run_dir=tmp / "neg")
     return full, neg
+
+
+# Calibration (seeds 1, 2, 3, exactly these flags, shared 2-core CPU): BC → improved → online normalized score
+#   seed 1: 44.2 → 57.3 → 72.3 | seed 2: 61.4 → 80.1 → 82.5 | seed 3: 57.5 → 84.7 → 84.8
+#   improvement gap +13.1 / +18.7 / +27.2 (mean +19.7 ± 5.8); online − offline +15.0 / +2.4 / +0.1;
+#   negative control (no values, BC or improvement): −3.8. Random ≈ 0, dataset ≈ 52, expert ≈ 100.
+TOL_IMPROVE = 0.0  # the improved policy must not be worse than BC: the smallest measured gap is +13
+TOL_ONLINE = 10.0  # no seed lost anything online; 10 ≈ one std of a 5-episode evaluation (returns ± ~100)
 
 
 def test_offline_improvement_learns(offline_runs):
@@ -175,15 +189,36 @@ def test_offline_improvement_learns(offline_runs):
     print(f"BC {bc:.1f} -> improved {improved:.1f} (gap {improved - bc:+.1f}); negative control {neg['bc_score']:.1f}")
     assert full["offline"]["final_score"] == improved
     assert improved >= bc - TOL_IMPROVE, (bc, improved)
-    assert improved > 30, improved  # random ≈ 0, dataset ≈ 52
-    assert neg["offline"]["final_score"] < 15, neg["offline"]
-    assert len(full["final_amq"]) == 4 and full["dynamics"]["elite_holdout_mse"] < 1.0
+    assert improved > 40, improved  # measured 57 / 80 / 85
+    assert neg["offline"]["final_score"] < 15, neg["offline"]  # measured −3.8
+    assert neg["online"] is None and sum(neg["accepts"]) == 0
+    assert sum(full["accepts"]) > 0 and len(full["final_amq"]) == 4
+    assert full["dynamics"]["elite_holdout_mse"] < 0.1  # measured 0.031-0.034 (untrained model: 0.35)
+    assert set(full["stage_times"]) >= {"values", "bc", "dynamics", "improvement", "online"}
 
 
 def test_online_ppo_does_not_collapse(offline_runs):
     full, _ = offline_runs
-    assert full["online_env_steps"] == 4096 and full["online_gradient_steps"] > 0
-    assert full["online"]["final_score"] >= full["improved_score"] - TOL_ONLINE, (full["online"], full["improved_score"])
+    assert full["online_env_steps"] == 2048 and full["online_gradient_steps"] == 10 * 16
+    assert full["online"]["final_score"] >= full["improved_score"] - TOL_ONLINE, (
+        full["online"],
+        full["improved_score"],
+    )
+
+
+def test_other_paths_run(minari_root, tmp_path):
+    """Non-IQL values, the official no-op regulariser, official (env-spending) selection, reward scaling with a
+    re-fitted V; then online-only plain PPO from scratch. Tiny budgets: this checks the plumbing, not learning."""
+    tiny = ["--dataset-id", "o2o/pendulum/medium-replay-v0", "--value-steps", "50", "--bc-steps", "50",
+            "--offline-steps", "20", "--ope-freq", "10", "--online-steps", "256", "--num-steps", "128",
+            "--update-epochs", "1", "--eval-episodes", "1", "--eval-freq", "128", "--dyn-max-epochs", "2",
+            "--value-refit-steps", "20", *SMALL[:-4]]  # fmt: skip
+    out = run_algo(SCRIPT, *tiny, "--no-iql", "--bc-reg", "official", "--select-with-env", "--reward-scale",
+                   "dynamic", minari_root=minari_root, run_dir=tmp_path / "a")  # fmt: skip
+    assert out["selection_env_steps"] == 3 * 200  # the hidden online budget: top-3 × 1 episode × 200 steps
+    assert out["offline"] is not None and out["online"] is not None
+    out = run_algo(SCRIPT, *tiny, "--phases", "online", minari_root=minari_root, run_dir=tmp_path / "b")
+    assert out["offline"] is None and out["online"]["final_score"] is not None and out["online_env_steps"] == 256
 
 
 # ------------------------------------------------------------------ bad input
@@ -208,3 +243,52 @@ def test_unknown_env_without_terminations_warns(capsys):
     assert U.select_termination("Pendulum-v1", np.zeros(3), "auto")[0] == "never"
     with pytest.raises(U.DatasetError):
         U.select_termination("Acrobat-v9", np.zeros(100), "learned")
+
+
+def test_learned_termination_classifier():
+    """Envs without a rule but with terminals in the data get a classifier: here 'terminal iff s'[0] > 1'."""
+    torch.manual_seed(0)
+    s2 = torch.randn(4000, 3)
+    term = (s2[:, 0] > 1.0).float()
+    clf = U.LearnedTermination(3, hidden=32)
+    clf.fit(s2, term, steps=500, batch_size=256, rng=np.random.default_rng(0))
+    test = torch.randn(1000, 3)
+    acc = (clf(test) == (test[:, 0] > 1.0)).float().mean().item()
+    assert acc > 0.95, acc
+
+
+def test_unknown_env_without_terminations_warns_on_the_cli(tmp_path):
+    """A dataset of an env with no termination rule (MountainCarContinuous) and no terminal transition: the run
+    goes on, warns on stderr, and records that its model assumes the env never terminates (documented choice)."""
+    import gymnasium as gym
+    import minari
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    env = gym.make("MountainCarContinuous-v0")
+    rng = np.random.default_rng(0)
+    eps = []
+    for k in range(3):
+        obs, _ = env.reset(seed=k)
+        o, a, r = [obs], [], []
+        for _ in range(100):
+            a.append(rng.uniform(-1, 1, 1).astype(np.float32))
+            obs, rew, *_ = env.step(a[-1])
+            o.append(obs)
+            r.append(float(rew))
+        eps.append(EpisodeBuffer(id=k, seed=k, observations=np.array(o), actions=np.array(a), rewards=r,
+                                 terminations=[False] * 100, truncations=[False] * 99 + [True], infos={}))  # fmt: skip
+    root = tmp_path / "minari"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINARI_DATASETS_PATH", str(root))
+        minari.create_dataset_from_buffers(
+            "test/mcc/random-v0", eps, env="MountainCarContinuous-v0", algorithm_name="random", author="t",
+            author_email="t@t", code_permalink="t", description="t",
+        )  # fmt: skip
+    tiny = ["--value-steps", "20", "--bc-steps", "20", "--offline-steps", "10", "--ope-freq", "10", "--phases",
+            "offline", "--eval-episodes", "1", "--dyn-max-epochs", "1", "--batch-size", "64", *SMALL[:-4]]  # fmt: skip
+    proc = run_cli(SCRIPT, "--dataset-id", "test/mcc/random-v0", "--run-dir", str(tmp_path / "run"), "--no-cuda",
+                   *tiny, minari_root=root)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warning: no termination rule for env 'MountainCarContinuous-v0'" in proc.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["termination_rule"].startswith("never") and summary["offline"]["metric"] == "mean_return"

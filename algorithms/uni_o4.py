@@ -1,0 +1,1275 @@
+"""Uni-O4 (Lei, He, Lu, Hu, Gao, Xu, ICLR 2024) — single-file PyTorch implementation.
+
+Paper: Uni-O4: Unifying Online and Offline Deep RL with Multi-Step On-Policy Optimization,
+https://arxiv.org/abs/2311.03351
+Official code: https://github.com/Lei-Kun/Uni-O4 (read for facts only; nothing copied)
+Spec: ../shared/research/uni_o4.md
+
+Pipeline (one file, phases combinable with --phases):
+  1. values: IQL expectile V̂_τ and double Q̂_τ on the dataset (--no-iql: Monte-Carlo V + SARSA Q);
+  2. ensemble behaviour cloning of n Gaussian policies with a disagreement regulariser (Eq. 6);
+  3. a probabilistic dynamics ensemble (members/elites, holdout early stopping), used only for OPE;
+  4. offline multi-step PPO-clip per member on dataset states with A = Q̂ − V̂, gated by AM-Q:
+     a member's reference policy π_k is replaced only when its AM-Q strictly beats the best so far;
+  5. online PPO (GAE, clip, value clip, entropy, frozen dataset state normalisation, reward scaling)
+     initialised from the member chosen by OPE and from the offline V̂.
+  --phases offline | online (plain PPO from scratch) | offline-online.
+
+Deviations from the paper / official code (every one is deliberate):
+- Disagreement regulariser: the official default (`kl_type=heuristic`) is
+  −α[log π_i(a) − stopgrad(max_{j≠i} log π_j(a))] at dataset actions, whose gradient is that of −(1+α)·log π_i:
+  with Adam it changes nothing, the members are plain independent MLE BC policies. Our default
+  `--bc-reg kl` carries gradient: loss_i = −log π_i(a|s) − α·KL(π_i(·|s) ‖ stopgrad π_j*(·|s)), j* = the other
+  member most likely to have produced the dataset action (the official non-default `distribution` branch, which
+  stands in for the divergence to the max-mixture f of Eq. 6). `--bc-reg official` is the no-op heuristic,
+  `--bc-reg none` plain MLE. With n = 1 no regulariser is applied.
+- Data conventions follow this project: only terminations cut the bootstrap, truncations bootstrap
+  (official: done = terminal OR timeout). The SARSA target (non-IQL path) cannot bootstrap at an episode's last
+  transition (no a′), so it does not, as in the official code. The MC return runs to the episode's end.
+- Actions are mapped affinely from the env's Box to [−1, 1] (identity for MuJoCo), so the policy's tanh mean
+  covers any bounded action space; Q̂ and the dynamics model see the mapped actions.
+- State std: a zero std is replaced by 1 (official: std + 1e-10).
+- OPE: the start states (`--ope-num-states`) are drawn once and the model noise uses the same seed in every round
+  (common random numbers), so the candidate and the reference are scored on the same starts and the same model
+  noise, and the reference's score is exactly the best-so-far. The official code resamples starts each round and
+  compares against a running maximum of differently sampled scores. AM-Q is the mean of min(Q̂1, Q̂2) over the
+  visited (non-terminated) model pairs; a non-finite model state counts as a termination.
+- Termination rules for Hopper, Walker2d, HalfCheetah (ported from the spec) and Pendulum (never). For any other
+  env a termination classifier is learned from the dataset's terminal transitions; if the dataset has none, a
+  warning is printed and the model assumes the env never terminates (`--termination never` silences it).
+- Selection for the online phase: by OPE alone — the member with the highest best-so-far AM-Q, and its accepted
+  reference policy (official: top-3 final policies by last AM-Q, then the best real-env return; that spends real
+  episodes the paper does not count). `--select-with-env` does the official thing: it evaluates the top-k
+  (`--select-top-k`) accepted policies for `--eval-episodes` real episodes each; those env steps are a hidden
+  online budget and are reported as `selection_env_steps` in summary.json.
+- One policy parameterisation in both phases: log σ = −5 + 2.5(t + 1) with t the tanh output (official online adds
+  a second tanh that changes σ of the same weights). Online log-probs and ratios are taken on the raw Gaussian
+  sample; the action is clamped to [−1, 1] only when sent to the env (official: log-prob of the clamped action).
+- Online value re-fit (reward scaling on): a fresh V of the offline V's size, linear output, regressed onto MC
+  returns of the scaled dataset rewards (official: 3×256 with a ReLU on the output, which cannot represent negative
+  returns). Without reward scaling V starts from the offline V̂.
+- Online learning rates decay linearly to 0 over --online-steps (the paper's horizon is 1M steps: pass that).
+- Online-only mode (--phases online) still normalises states with the frozen dataset statistics.
+- No caching of V/Q, BC or the dynamics model across runs; no per-500-step real-env logging evaluations offline
+  (the env is used offline only for the headline evaluations: after BC and every --eval-freq improvement steps).
+- Offline PPO step: the ratio ρ is taken on the raw Gaussian sample (as official), but Q̂ is evaluated at the
+  sample clamped to [−1, 1], the action the env would execute: Q̂ never saw actions outside the data's range.
+- Per-member gradient-norm clipping (0.5) in the vectorised offline PPO step, like one optimiser per member.
+- Step budgets default to CPU sizes; each Args docstring gives the paper's budget. Network sizes are the paper's.
+Known behaviour: AM-Q scores with the same Q̂ that drives the improvement, so the gate cannot catch Q̂'s errors.
+On the pendulum datasets, 2000 value steps at width 64 gave a Q̂ whose improvement lowered the real score by ~15
+points while AM-Q accepted it; 5000 steps at width 128 (γ 0.95) raised it by +13 to +27. Budget the value stage.
+Symbols: τ = IQL expectile ω (`omega`), α = disagreement weight (Eq. 6), ε = PPO clip, π_k = reference policy.
+"""
+
+import copy
+import json
+import math
+import os
+import random
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Literal, Optional
+
+import gymnasium as gym
+import minari
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available (CPU otherwise)"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases (wandb must be installed)"""
+    wandb_project_name: str = "o2o"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to capture videos of the final evaluation episode (into the run directory's `videos/`)"""
+    save_model: bool = False
+    """whether to save model checkpoints into the run directory"""
+    run_dir: Optional[str] = None
+    """where logs, checkpoints and summary.json go (default: runs/{run_name})"""
+    dataset_id: str = "o2o/pendulum/medium-replay-v0"
+    """Minari dataset id: a local one (see `python benchmark/make_datasets.py`) or a remote one with --download"""
+    download: bool = False
+    """fetch the dataset from Minari's remote server when it is not on the local disk"""
+    offline_steps: int = 1_000
+    """offline policy-improvement (PPO) gradient steps per member; 0 keeps the BC policies (paper: 1e4)"""
+    online_steps: int = 20_000
+    """number of online environment steps; 0 skips the online phase (paper: 1e6)"""
+    eval_freq: int = 5_000
+    """evaluate every this many steps (improvement gradient steps offline, environment steps online)"""
+    eval_episodes: int = 10
+    """number of deterministic evaluation episodes"""
+    batch_size: int = 512
+    """minibatch size of value fitting, BC and offline improvement (paper: 512)"""
+    # ---- Uni-O4 ----
+    phases: Literal["offline-online", "offline", "online"] = "offline-online"
+    """which phases run: offline then online, offline only, or online only (plain PPO from scratch)"""
+    state_norm: bool = True
+    """normalise states by the dataset mean/std (frozen, also online)"""
+    gamma: float = 0.99
+    """discount γ"""
+    # values (section b of the spec)
+    iql: bool = True
+    """IQL expectile V̂_τ + double Q̂_τ; --no-iql: Monte-Carlo V + SARSA Q with ω-weighted advantages"""
+    value_steps: int = 5_000
+    """value/Q fitting gradient steps (paper: 2e6; walker2d-medium-replay 5e5)"""
+    value_lr: float = 1e-4
+    """Adam learning rate of V and Q"""
+    v_hidden_dim: int = 512
+    """width of V's hidden layers"""
+    v_depth: int = 3
+    """number of V's hidden layers"""
+    q_hidden_dim: int = 1024
+    """width of each Q head's hidden layers"""
+    q_depth: int = 2
+    """number of each Q head's hidden layers"""
+    omega: float = 0.7
+    """expectile τ of the IQL V step (also the ω advantage weighting of the non-IQL path)"""
+    tau: float = 0.005
+    """Polyak rate of the target Q"""
+    target_update_freq: int = 2
+    """update the target Q every this many value steps"""
+    # behaviour cloning (section a)
+    num_policies: int = 4
+    """ensemble size n"""
+    bc_steps: int = 5_000
+    """BC gradient steps (paper: 4e5)"""
+    bc_lr: float = 1e-4
+    """Adam learning rate of BC"""
+    bc_hidden_dim: int = 256
+    """width of the policy's hidden layers (the paper's scripts also use 512)"""
+    bc_depth: int = 3
+    """number of the policy's hidden layers"""
+    pi_activation: Literal["relu", "tanh"] = "relu"
+    """hidden activation of the policy (tanh for halfcheetah medium / medium-replay in the paper)"""
+    bc_alpha: float = 0.1
+    """α, weight of the disagreement regulariser (Eq. 6)"""
+    bc_reg: Literal["kl", "official", "none"] = "kl"
+    """disagreement term: kl = gradient-carrying KL to the most likely other member; official = the official
+    default, detached and therefore a no-op; none = plain MLE"""
+    # dynamics model for OPE (section d)
+    dyn_members: int = 7
+    """dynamics ensemble members"""
+    dyn_elites: int = 5
+    """elite members used in model rollouts"""
+    dyn_hidden_dim: int = 200
+    """width of the dynamics MLPs"""
+    dyn_depth: int = 4
+    """number of hidden layers of the dynamics MLPs"""
+    dyn_lr: float = 1e-3
+    """Adam learning rate of the dynamics model"""
+    dyn_batch_size: int = 256
+    """dynamics minibatch size"""
+    dyn_patience: int = 5
+    """stop after this many epochs without a >1% holdout improvement of any member"""
+    dyn_max_epochs: Optional[int] = 50
+    """cap on dynamics epochs (paper: none, i.e. early stopping only; pass None)"""
+    termination: Literal["auto", "hopper", "walker2d", "halfcheetah", "never", "learned"] = "auto"
+    """termination rule of model rollouts: auto picks by env id, else learns one from the dataset"""
+    term_steps: int = 2_000
+    """gradient steps of the learned termination classifier (used only for envs without a rule)"""
+    # offline improvement and OPE (section c, d)
+    pi_lr: float = 1e-4
+    """initial Adam learning rate of offline improvement (decays linearly to 0)"""
+    clip_ratio: float = 0.25
+    """ε of offline PPO-clip; decays linearly over the first `clip_decay_steps` steps, then frozen"""
+    clip_decay_steps: int = 200
+    """steps during which ε decays (the official code freezes it after 200 steps)"""
+    ope_freq: int = 100
+    """score each member by AM-Q every this many improvement steps"""
+    ope_horizon: int = 50
+    """model rollout length H of AM-Q (paper: 1000)"""
+    ope_num_states: int = 128
+    """start states of the AM-Q rollouts (paper: 512)"""
+    select_with_env: bool = False
+    """official member selection: top-k by AM-Q then the best real return (spends hidden online episodes)"""
+    select_top_k: int = 3
+    """k of --select-with-env"""
+    # online PPO (section e)
+    num_steps: int = 2048
+    """environment steps per PPO rollout"""
+    minibatch_size: int = 128
+    """PPO minibatch size"""
+    update_epochs: int = 10
+    """K, PPO epochs per rollout (paper: 5-30 per dataset)"""
+    lr_actor: float = 2e-5
+    """online actor learning rate (linear decay to 0 over --online-steps)"""
+    lr_critic: float = 2e-4
+    """online critic learning rate (linear decay to 0 over --online-steps)"""
+    gae_lambda: float = 0.95
+    """λ of GAE"""
+    online_clip: float = 0.05
+    """ε of online PPO-clip and of value clipping"""
+    ent_coef: float = 0.01
+    """entropy coefficient"""
+    max_grad_norm: float = 0.5
+    """gradient-norm clip (offline and online)"""
+    reward_scale: Literal["none", "number", "dynamic"] = "none"
+    """online reward scaling: none; number (× reward_scale_factor, hopper 0.1); dynamic (÷ running std of the
+    discounted return, warmed up on the dataset)"""
+    reward_scale_factor: float = 0.1
+    """factor of --reward-scale number"""
+    value_refit_steps: int = 2_000
+    """steps re-fitting V to scaled MC returns when rewards are scaled (paper: 1e6)"""
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: Minari dataset -> transitions. Errors raise DatasetError; __main__ turns them into exit 2.
+# ----------------------------------------------------------------------------------------------
+class DatasetError(ValueError):
+    """Bad dataset input: the message says what was wrong and what to do."""
+
+
+def load_minari_dataset(dataset_id: str, download: bool = False) -> minari.MinariDataset:
+    """Load a local Minari dataset, or download it first when `download` is set."""
+    local = minari.list_local_datasets()
+    if dataset_id not in local:
+        if not download:
+            names = ", ".join(sorted(local)) or "none"
+            raise DatasetError(
+                f"dataset '{dataset_id}' is not on the local disk "
+                f"(MINARI_DATASETS_PATH={os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')}).\n"
+                f"  local datasets: {names}\n"
+                "  build the project's local datasets with `python benchmark/make_datasets.py`, "
+                "or pass --download to fetch a remote Minari dataset."
+            )
+        remote = os.environ.get("MINARI_REMOTE", "hf://farama-minari")
+        host = {"hf": "huggingface.co", "gcp": "storage.googleapis.com"}.get(remote.split("://")[0])
+        try:  # fail fast (huggingface_hub would retry for ~30 s) when there is no network
+            if host:
+                socket.create_connection((host, 443), timeout=5).close()
+        except OSError as e:
+            raise DatasetError(
+                f"cannot download '{dataset_id}': Minari's remote {remote} is unreachable ({host}: {e}).\n"
+                "  on a machine with a network, run again with --download; here, use a local dataset "
+                "such as o2o/pendulum/medium-v0 (build them with `python benchmark/make_datasets.py`)."
+            ) from e
+        try:
+            minari.download_dataset(dataset_id)
+        except Exception as e:  # no network, unknown remote id, missing minari[hf]
+            raise DatasetError(
+                f"could not download '{dataset_id}' from Minari's remote: {type(e).__name__}: {e}\n"
+                "  check the id with `minari list remote` on a machine with a network, or use a local dataset "
+                "such as o2o/pendulum/medium-v0 (build them with `python benchmark/make_datasets.py`)."
+            ) from e
+    try:
+        dataset = minari.load_dataset(dataset_id)
+        dataset[0]  # minari reads lazily: open the data now, so a corrupted file is reported here
+        return dataset
+    except Exception as e:
+        raise DatasetError(
+            f"dataset '{dataset_id}' exists but could not be read ({type(e).__name__}: {e}); "
+            f"it may be corrupted: delete it with `minari delete {dataset_id}` and build or download it again."
+        ) from e
+
+
+def _flatten_obs(space: gym.Space, obs) -> np.ndarray:
+    """Stack an episode's observations as (T, obs_dim); Dict/Tuple of Boxes are flattened in the
+    order gymnasium's FlattenObservation uses, so dataset and environment agree."""
+    if isinstance(space, gym.spaces.Box):
+        return np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
+    if isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)):
+        keys = space.spaces.keys() if isinstance(space, gym.spaces.Dict) else range(len(space.spaces))
+        return np.concatenate([_flatten_obs(space.spaces[k], obs[k]) for k in keys], axis=1)
+    raise DatasetError(f"observation space {space} is not supported: only Box, or Dict/Tuple of Boxes")
+
+
+def dataset_to_transitions(dataset: minari.MinariDataset) -> dict[str, np.ndarray]:
+    """(s, a, r, s', terminal) arrays from the episodes: s = obs[:-1], s' = obs[1:]; only terminations
+    cut the bootstrap (truncations do not). `episode_ends` marks each episode's last transition."""
+    if not isinstance(dataset.action_space, gym.spaces.Box):
+        raise DatasetError(f"action space {dataset.action_space} is not continuous (Box); these algorithms need Box")
+    parts: dict[str, list] = {
+        k: [] for k in ("observations", "actions", "rewards", "next_observations", "terminals", "episode_ends")
+    }
+    for ep in dataset.iterate_episodes():
+        obs = _flatten_obs(dataset.observation_space, ep.observations)
+        n = len(ep.rewards)
+        parts["observations"].append(obs[:-1])
+        parts["next_observations"].append(obs[1:])
+        parts["actions"].append(np.asarray(ep.actions, dtype=np.float32).reshape(n, -1))
+        parts["rewards"].append(np.asarray(ep.rewards, dtype=np.float32))
+        parts["terminals"].append(np.asarray(ep.terminations, dtype=np.float32))
+        ends = np.zeros(n, dtype=bool)
+        ends[-1] = True
+        parts["episode_ends"].append(ends)
+    data = {k: np.concatenate(v) for k, v in parts.items()}
+    for k, v in data.items():
+        if v.dtype != bool and not np.isfinite(v).all():
+            raise DatasetError(f"dataset '{dataset.spec.dataset_id}' holds NaN or inf in '{k}'; rebuild or clean it")
+    return data
+
+
+def make_eval_env(dataset: minari.MinariDataset) -> gym.Env:
+    """The dataset's evaluation environment, checked against the dataset's spaces."""
+    try:
+        env = dataset.recover_environment(eval_env=True)
+    except Exception as e:
+        raise DatasetError(
+            f"could not build the environment of '{dataset.spec.dataset_id}': {type(e).__name__}: {e}"
+        ) from e
+    if env.observation_space != dataset.observation_space or env.action_space != dataset.action_space:
+        raise DatasetError(
+            f"dataset '{dataset.spec.dataset_id}' does not match its environment {env.spec.id if env.spec else env}: "
+            f"observation space {dataset.observation_space} vs {env.observation_space}, "
+            f"action space {dataset.action_space} vs {env.action_space}"
+        )
+    if not isinstance(env.observation_space, gym.spaces.Box):
+        env = gym.wrappers.FlattenObservation(env)
+    return env
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation, scores, logging, summary
+# ----------------------------------------------------------------------------------------------
+def normalized_score(dataset: minari.MinariDataset, mean_return: float) -> Optional[float]:
+    """D4RL-style score ×100, or None when the dataset has no reference scores."""
+    try:
+        return 100.0 * float(minari.get_normalized_score(dataset, np.array([mean_return]))[0])
+    except ValueError:
+        return None
+
+
+def evaluate(env: gym.Env, act: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int) -> np.ndarray:
+    """Returns of `episodes` episodes acting with `act` (deterministic), seeded for reproducibility."""
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        done, ret = False, 0.0
+        while not done:
+            obs, r, terminated, truncated, _ = env.step(act(obs))
+            ret += float(r)
+            done = terminated or truncated
+        returns.append(ret)
+    return np.array(returns)
+
+
+class RunLogger:
+    """TensorBoard writer + evaluation record. Tags are `{phase}/{CleanRL tag}`: `offline/*` curves are
+    indexed by their stage's own step counter, `online/*` curves by environment steps."""
+
+    def __init__(self, args, run_dir: str):
+        self.run_dir, self.args, self.start = run_dir, args, time.time()
+        self.writer = SummaryWriter(run_dir)
+        self.writer.add_text(
+            "hyperparameters",
+            "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()),
+        )
+        self.evals: list[dict] = []
+
+    def scalar(self, phase: str, tag: str, value: float, step: int):
+        self.writer.add_scalar(f"{phase}/{tag}", value, step)
+
+    def eval(self, phase: str, step: int, returns: np.ndarray, score: Optional[float]):
+        self.scalar(phase, "eval/episodic_return", float(returns.mean()), step)
+        if score is not None:
+            self.scalar(phase, "eval/normalized_score", score, step)
+        self.evals.append(
+            dict(
+                phase=phase,
+                step=step,
+                mean_return=float(returns.mean()),
+                std_return=float(returns.std()),
+                normalized_score=score,
+                wall_time=time.time() - self.start,
+            )
+        )
+        print(
+            f"[{phase}] step {step}: return {returns.mean():.1f} ± {returns.std():.1f}"
+            + (f" | normalized score {score:.1f}" if score is not None else ""),
+            flush=True,
+        )
+
+    def summary(self, **extra) -> dict:
+        """Write summary.json atomically (tmp file + rename) and return it."""
+        out = dict(
+            args=asdict(self.args),
+            seed=self.args.seed,
+            dataset_id=self.args.dataset_id,
+            wall_time=time.time() - self.start,
+            evaluations=self.evals,
+            **extra,
+        )
+        for phase in ("offline", "online"):
+            ev = [e for e in self.evals if e["phase"] == phase]
+            key = "normalized_score" if ev and ev[-1]["normalized_score"] is not None else "mean_return"
+            out[phase] = (
+                None
+                if not ev
+                else dict(
+                    final_score=ev[-1][key],
+                    best_score=max(e[key] for e in ev),
+                    metric=key,
+                    final_return=ev[-1]["mean_return"],
+                    best_return=max(e["mean_return"] for e in ev),
+                )
+            )
+        tmp = os.path.join(self.run_dir, "summary.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(out, f, indent=2)
+        os.replace(tmp, os.path.join(self.run_dir, "summary.json"))
+        self.writer.close()
+        return out
+
+
+def seed_everything(seed: int, torch_deterministic: bool):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = torch_deterministic
+
+
+def fail(msg: str):
+    """Clear error to stderr and a non-zero exit, before anything is written."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def warn(msg: str):
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Networks. Every ensemble keeps its members' weights stacked as [N, in, out] (one baddbmm per layer).
+# ----------------------------------------------------------------------------------------------
+class VectorizedLinear(nn.Module):
+    """N independent linear layers. x: [N, B, in] (or [B, in], shared by all members) -> [N, B, out]."""
+
+    def __init__(self, n: int, in_dim: int, out_dim: int, orthogonal_gain: Optional[float] = None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.zeros(n, 1, out_dim))
+        for i in range(n):  # init only, not a hot path
+            if orthogonal_gain is None:  # nn.Linear's default init
+                w = torch.empty(out_dim, in_dim)
+                nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+                self.weight.data[i] = w.T
+                bound = 1 / math.sqrt(in_dim)
+                nn.init.uniform_(self.bias.data[i], -bound, bound)
+            else:
+                nn.init.orthogonal_(self.weight.data[i].T, gain=orthogonal_gain)
+
+    def forward(self, x: torch.Tensor, members: Optional[torch.Tensor] = None) -> torch.Tensor:
+        w, b = (self.weight, self.bias) if members is None else (self.weight[members], self.bias[members])
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(w.shape[0], -1, -1)
+        return torch.baddbmm(b, x, w)
+
+
+class EnsembleMLP(nn.Module):
+    def __init__(self, n, in_dim, hidden, depth, out_dim, act: Callable = F.relu, orthogonal_gain=None):
+        super().__init__()
+        dims = [in_dim] + [hidden] * depth + [out_dim]
+        self.layers = nn.ModuleList(VectorizedLinear(n, a, b, orthogonal_gain) for a, b in zip(dims[:-1], dims[1:]))
+        self.act, self.n = act, n
+
+    def forward(self, x, members=None):
+        for i, layer in enumerate(self.layers):
+            x = layer(x, members)
+            if i < len(self.layers) - 1:
+                x = self.act(x)
+        return x
+
+
+def gaussian_log_prob(a: torch.Tensor, mu: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """Diagonal Normal log-density summed over action dimensions."""
+    return (-0.5 * ((a - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+class GaussianPolicyEnsemble(nn.Module):
+    """n Gaussian policies. A tanh on the whole output: μ = tanh part (in [−1, 1]); log σ = −5 + 2.5(t + 1),
+    t the other tanh part, so log σ ∈ [−5, 0]; π = Normal(μ, σ), unsquashed (spec 1a)."""
+
+    def __init__(self, n, obs_dim, act_dim, hidden=256, depth=3, activation="relu"):
+        super().__init__()
+        act = torch.tanh if activation == "tanh" else F.relu
+        self.net = EnsembleMLP(n, obs_dim, hidden, depth, 2 * act_dim, act, orthogonal_gain=1.0)
+        self.n, self.act_dim = n, act_dim
+
+    def forward(self, s):
+        mu, t = torch.tanh(self.net(s)).chunk(2, -1)
+        return mu, -5.0 + 2.5 * (t + 1.0)
+
+    def log_prob(self, s, a):
+        mu, log_std = self(s)
+        return gaussian_log_prob(a, mu, log_std)
+
+    def copy_members_from(self, other: "GaussianPolicyEnsemble", mask: torch.Tensor):
+        """π_k ← π for the members where mask is True (vectorised, no loop over members)."""
+        with torch.no_grad():
+            for p, q in zip(self.parameters(), other.parameters()):
+                p[mask] = q[mask]
+
+    def extract(self, i: int) -> "GaussianPolicyEnsemble":
+        single = copy.deepcopy(self)
+        with torch.no_grad():
+            for p in single.parameters():
+                p.data = p.data[i : i + 1].clone()
+        single.n = single.net.n = 1
+        return single
+
+
+class DoubleQ(nn.Module):
+    """Q̂1, Q̂2 as a 2-member ensemble on [s, a]."""
+
+    def __init__(self, obs_dim, act_dim, hidden=1024, depth=2):
+        super().__init__()
+        self.net = EnsembleMLP(2, obs_dim + act_dim, hidden, depth, 1)
+
+    def forward(self, s, a):
+        return self.net(torch.cat([s, a], -1)).squeeze(-1)  # [2, B]
+
+
+def mlp(in_dim, hidden, depth, out_dim=1) -> nn.Sequential:
+    dims = [in_dim] + [hidden] * depth
+    layers = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(dims[-1], out_dim))
+
+
+class ValueNet(nn.Module):
+    def __init__(self, obs_dim, hidden=512, depth=3):
+        super().__init__()
+        self.net = mlp(obs_dim, hidden, depth)
+
+    def forward(self, s):
+        return self.net(s).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dynamics ensemble for OPE (spec 1d): Gaussian over [Δs, r], soft-bounded log-variance, elites
+# ----------------------------------------------------------------------------------------------
+class DynamicsEnsemble(nn.Module):
+    WEIGHT_DECAYS = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)  # per layer, the last for the output layer
+
+    def __init__(self, obs_dim, act_dim, members=7, elites=5, hidden=200, depth=4):
+        super().__init__()
+        self.obs_dim, self.out_dim = obs_dim, obs_dim + 1
+        self.net = EnsembleMLP(members, obs_dim + act_dim, hidden, depth, 2 * self.out_dim, F.silu)
+        self.max_logvar = nn.Parameter(torch.full((self.out_dim,), 0.5))
+        self.min_logvar = nn.Parameter(torch.full((self.out_dim,), -10.0))
+        self.register_buffer("in_mu", torch.zeros(obs_dim + act_dim))
+        self.register_buffer("in_std", torch.ones(obs_dim + act_dim))
+        self.register_buffer("elites", torch.arange(elites))
+        self.members, self.n_elites = members, elites
+
+    def forward(self, x, members=None):
+        mean, logvar = self.net((x - self.in_mu) / self.in_std, members).chunk(2, -1)
+        logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
+        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
+        return mean, logvar
+
+    def weight_decay(self):
+        decays = list(self.WEIGHT_DECAYS[: len(self.net.layers) - 1]) + [self.WEIGHT_DECAYS[-1]]
+        decays += [self.WEIGHT_DECAYS[-2]] * (len(self.net.layers) - len(decays))
+        return sum(d * 0.5 * (layer.weight**2).sum() for d, layer in zip(decays, self.net.layers))
+
+    @torch.no_grad()
+    def step(self, s: torch.Tensor, a: torch.Tensor, gen: Optional[torch.Generator] = None):
+        """One model step on raw states: every elite predicts, one random elite per sample is used."""
+        mean, logvar = self(torch.cat([s, a], -1), self.elites)
+        noise = torch.randn(mean.shape, generator=gen, device=s.device)
+        sample = mean + noise * (0.5 * logvar).exp()
+        pick = torch.randint(self.n_elites, (s.shape[0],), generator=gen, device=s.device)
+        out = sample[pick, torch.arange(s.shape[0], device=s.device)]
+        return s + out[:, :-1], out[:, -1]
+
+
+def train_dynamics(model: DynamicsEnsemble, s, a, r, s2, args: Args, log: Optional["RunLogger"], rng) -> dict:
+    """Bootstrap per member, holdout min(20%, 1000), stop after `dyn_patience` epochs without a >1% holdout gain
+    of any member, keep each member's best weights, elites = lowest holdout MSE."""
+    device = s.device
+    x, y = torch.cat([s, a], -1), torch.cat([s2 - s, r[:, None]], -1)
+    n = x.shape[0]
+    perm = torch.as_tensor(rng.permutation(n), device=device)
+    n_hold = min(int(0.2 * n), 1000)
+    hold, train = perm[:n_hold], perm[n_hold:]
+    model.in_mu.copy_(x[train].mean(0))
+    model.in_std.copy_(torch.where(x[train].std(0) < 1e-12, torch.ones_like(model.in_std), x[train].std(0)))
+    opt = torch.optim.Adam(model.parameters(), lr=args.dyn_lr)
+    boot = train[torch.as_tensor(rng.integers(0, len(train), (model.members, len(train))), device=device)]
+    best = torch.full((model.members,), float("inf"), device=device)
+    best_state = copy.deepcopy(model.net.state_dict())
+    epoch, since_update = 0, 0
+    while True:
+        idx = boot[:, torch.as_tensor(rng.permutation(len(train)), device=device)]
+        for b in range(0, len(train), args.dyn_batch_size):
+            bi = idx[:, b : b + args.dyn_batch_size]
+            mean, logvar = model(x[bi])
+            inv_var = (-logvar).exp()
+            nll = (((mean - y[bi]) ** 2) * inv_var).mean((1, 2)).sum() + logvar.mean((1, 2)).sum()
+            loss = nll + model.weight_decay() + 0.01 * (model.max_logvar.sum() - model.min_logvar.sum())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        epoch += 1
+        with torch.no_grad():
+            mean, _ = model(x[hold].unsqueeze(0).expand(model.members, -1, -1))
+            hold_mse = ((mean - y[hold]) ** 2).mean((1, 2))
+        improved = hold_mse < 0.99 * best  # a >1% holdout gain
+        if improved.any():
+            state = model.net.state_dict()
+            for k in best_state:  # per-member snapshot of the improved members
+                best_state[k][improved] = state[k][improved].clone()
+            best = torch.where(improved, hold_mse, best)
+            since_update = 0
+        else:
+            since_update += 1
+        if log is not None:
+            log.scalar("offline", "dynamics/holdout_mse", float(hold_mse.mean()), epoch)
+        if since_update >= args.dyn_patience or (args.dyn_max_epochs is not None and epoch >= args.dyn_max_epochs):
+            break
+    model.net.load_state_dict(best_state)
+    model.elites.copy_(torch.argsort(best)[: model.n_elites])
+    elite_mse = float(best[model.elites].mean())
+    if log is not None:
+        log.scalar("offline", "dynamics/elite_holdout_mse", elite_mse, epoch)
+    print(f"[offline/dynamics] {epoch} epochs, elite holdout MSE {elite_mse:.5f}", flush=True)
+    return dict(epochs=epoch, elite_holdout_mse=elite_mse, holdout_mse=best.tolist())
+
+
+# Termination rules of model rollouts, on raw next states (spec 1d).
+def _term_hopper(s):
+    h, ang = s[:, 0], s[:, 1]
+    healthy = torch.isfinite(s).all(-1) & (s[:, 1:].abs() < 100).all(-1) & (h > 0.7) & (ang.abs() < 0.2)
+    return ~healthy
+
+
+def _term_walker2d(s):
+    h, ang = s[:, 0], s[:, 1]
+    return ~((s.abs() < 100).all(-1) & (h > 0.8) & (h < 2.0) & (ang.abs() < 1.0))
+
+
+def _term_halfcheetah(s):
+    return ~(s.abs() < 100).all(-1)
+
+
+def _term_never(s):
+    return torch.zeros(s.shape[0], dtype=torch.bool, device=s.device)
+
+
+TERMINATION_RULES = {"hopper": _term_hopper, "walker2d": _term_walker2d, "halfcheetah": _term_halfcheetah}
+NEVER_TERMINATES = ("pendulum",)
+
+
+class LearnedTermination(nn.Module):
+    """P(terminal | s') classifier for envs without a hand-written rule."""
+
+    def __init__(self, obs_dim, hidden=200):
+        super().__init__()
+        self.net = mlp(obs_dim, hidden, 2)
+        self.register_buffer("mu", torch.zeros(obs_dim))
+        self.register_buffer("std", torch.ones(obs_dim))
+
+    def forward(self, s):
+        return self.net((s - self.mu) / self.std).squeeze(-1)
+
+    @torch.no_grad()
+    def __call__(self, s):
+        return super().__call__(s) > 0
+
+    def fit(self, s2, term, steps, batch_size, rng):
+        self.mu.copy_(s2.mean(0))
+        self.std.copy_(s2.std(0).clamp_min(1e-6))
+        pos_weight = ((1 - term).sum() / term.sum().clamp_min(1)).clamp(1, 100)
+        opt = torch.optim.Adam(self.net.parameters(), lr=1e-3)
+        for _ in range(steps):
+            i = torch.as_tensor(rng.integers(0, len(s2), batch_size), device=s2.device)
+            loss = F.binary_cross_entropy_with_logits(self.forward(s2[i]), term[i], pos_weight=pos_weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return float(loss)
+
+
+def select_termination(env_id: str, terminals: np.ndarray, choice: str = "auto") -> tuple[str, str]:
+    """-> (rule name, reason). Raises DatasetError for `learned` without any terminal in the data; warns when an
+    unknown env's data has no terminations (then the model never terminates)."""
+    name = env_id.split("/")[-1].lower()
+    if choice == "auto":
+        for key in TERMINATION_RULES:
+            if name.startswith(key):
+                return key, f"rule for {env_id}"
+        if name.startswith(NEVER_TERMINATES):
+            return "never", f"{env_id} never terminates"
+        if terminals.any():
+            return "learned", f"no rule for {env_id}: classifier learned from {int(terminals.sum())} terminals"
+        warn(
+            f"no termination rule for env '{env_id}' and no terminal transition in the dataset: model rollouts "
+            "of AM-Q will assume the env never terminates. If it can terminate, AM-Q is biased; pass "
+            "--termination never to accept this and silence the warning."
+        )
+        return "never", f"no rule for {env_id} and no terminals in the data: assumed never terminates"
+    if choice == "learned" and not terminals.any():
+        raise DatasetError("--termination learned needs terminal transitions, and the dataset has none")
+    return choice, f"--termination {choice}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Update steps
+# ----------------------------------------------------------------------------------------------
+def mc_returns(rewards: np.ndarray, episode_ends: np.ndarray, gamma: float) -> np.ndarray:
+    """Discounted return to each episode's end (resets at every episode end)."""
+    out, g = np.zeros_like(rewards), 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        g = rewards[t] + gamma * g * (not episode_ends[t])
+        out[t] = g
+    return out
+
+
+def fit_values(D: dict, args: Args, device, log: Optional[RunLogger], rng) -> tuple[ValueNet, DoubleQ]:
+    """IQL (expectile V towards target min-Q at dataset actions; Q towards r + γ(1−d)V(s')) or, with --no-iql,
+    MC-regression V and SARSA Q. Polyak target update every `target_update_freq` steps."""
+    obs_dim, act_dim = D["s"].shape[1], D["a"].shape[1]
+    V = ValueNet(obs_dim, args.v_hidden_dim, args.v_depth).to(device)
+    Q = DoubleQ(obs_dim, act_dim, args.q_hidden_dim, args.q_depth).to(device)
+    Q_tgt = copy.deepcopy(Q).requires_grad_(False)
+    v_opt = torch.optim.Adam(V.parameters(), lr=args.value_lr)
+    q_opt = torch.optim.Adam(Q.parameters(), lr=args.value_lr)
+    n = D["s"].shape[0]
+    t0 = time.time()
+    for step in range(1, args.value_steps + 1):
+        i = torch.as_tensor(rng.integers(0, n, args.batch_size), device=device)
+        s, a, r, s2, d = D["s"][i], D["a"][i], D["r"][i], D["s2"][i], D["term"][i]
+        if args.iql:
+            with torch.no_grad():
+                tq = Q_tgt(s, a).min(0).values
+            u = tq - V(s)
+            v_loss = (torch.where(u > 0, args.omega, 1 - args.omega) * u**2).mean()
+            with torch.no_grad():
+                target = r + args.gamma * (1 - d) * V(s2)
+        else:
+            v_loss = ((V(s) - D["mc"][i]) ** 2).mean()
+            with torch.no_grad():
+                no_boot = torch.maximum(d, D["ends"][i])  # no a' after an episode's last transition
+                target = r + args.gamma * (1 - no_boot) * Q_tgt(s2, D["a2"][i]).min(0).values
+        v_opt.zero_grad()
+        v_loss.backward()
+        v_opt.step()
+        q_loss = ((Q(s, a) - target) ** 2).mean(1).sum()
+        q_opt.zero_grad()
+        q_loss.backward()
+        q_opt.step()
+        if step % args.target_update_freq == 0:
+            with torch.no_grad():
+                for p, pt in zip(Q.parameters(), Q_tgt.parameters()):
+                    pt.lerp_(p, args.tau)
+        if log is not None and (step % 1000 == 0 or step == args.value_steps):
+            log.scalar("offline", "losses/v_loss", v_loss.item(), step)
+            log.scalar("offline", "losses/q_loss", q_loss.item(), step)
+            log.scalar("offline", "values/v_values", V(s).mean().item(), step)
+            log.scalar("offline", "values/SPS", step / (time.time() - t0), step)
+            if step % 5000 == 0:
+                print(f"[offline/values] step {step}: v_loss {v_loss.item():.4f} q_loss {q_loss.item():.4f}")
+    return V, Q
+
+
+def bc_loss(pi: GaussianPolicyEnsemble, s, a, alpha: float, reg: str) -> torch.Tensor:
+    """Sum over members of −log π_i(a|s) − α·(disagreement term of Eq. 6, see the header)."""
+    mu, log_std = pi(s)  # [N, B, A]
+    logp = gaussian_log_prob(a, mu, log_std)  # [N, B]
+    loss = -logp.mean(1)
+    if pi.n > 1 and reg != "none" and alpha != 0:
+        eye = torch.eye(pi.n, dtype=torch.bool, device=s.device)[:, :, None]
+        others = logp.detach().unsqueeze(0).expand(pi.n, -1, -1).masked_fill(eye, -float("inf"))  # [i, j, B]
+        if reg == "official":  # detached: the gradient is −(1+α)∇log π_i, a no-op under Adam
+            loss = loss - alpha * (logp - others.max(1).values).mean(1)
+        else:  # α·KL(π_i ‖ stopgrad π_j*), j* = the other member most likely to have produced a
+            j = others.argmax(1)  # [N, B]
+            b = torch.arange(s.shape[0], device=s.device)
+            mu_j, ls_j = mu.detach()[j, b], log_std.detach()[j, b]
+            kl = (ls_j - log_std + ((2 * log_std).exp() + (mu - mu_j) ** 2) / (2 * (2 * ls_j).exp()) - 0.5).sum(-1)
+            loss = loss - alpha * kl.mean(1)
+    return loss.sum()
+
+
+def train_bc(pi: GaussianPolicyEnsemble, D: dict, args: Args, log: Optional[RunLogger], rng) -> None:
+    """All members see the same minibatch; one Adam over the stacked weights equals one Adam per member
+    because the members' losses are summed, not averaged."""
+    opt = torch.optim.Adam(pi.parameters(), lr=args.bc_lr)
+    n = D["s"].shape[0]
+    t0 = time.time()
+    for step in range(1, args.bc_steps + 1):
+        i = torch.as_tensor(rng.integers(0, n, args.batch_size), device=D["s"].device)
+        loss = bc_loss(pi, D["s"][i], D["a"][i], args.bc_alpha, args.bc_reg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if log is not None and (step % 1000 == 0 or step == args.bc_steps):
+            log.scalar("offline", "losses/bc_loss", loss.item() / pi.n, step)
+            log.scalar("offline", "bc/SPS", step / (time.time() - t0), step)
+
+
+def clip_grad_norm_per_member(params, max_norm: float):
+    """Gradient-norm clipping applied to each member separately (leading dim = member)."""
+    params = [p for p in params if p.grad is not None]
+    sq = sum(p.grad.pow(2).flatten(1).sum(1) for p in params)
+    scale = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+    for p in params:
+        p.grad.mul_(scale.view(-1, *([1] * (p.dim() - 1))))
+
+
+def offline_ppo_loss(pi, pi_ref, Q: DoubleQ, V: ValueNet, s, clip: float, iql: bool, omega: float):
+    """PPO-clip on dataset states with actions from π_k (reference) and A = min Q̂ − V̂ z-scored per member."""
+    N, B = pi.n, s.shape[0]
+    with torch.no_grad():
+        mu_k, ls_k = pi_ref(s)
+        a = mu_k + ls_k.exp() * torch.randn_like(mu_k)  # [N, B, A]
+        logp_k = gaussian_log_prob(a, mu_k, ls_k)
+        s_rep = s.unsqueeze(0).expand(N, -1, -1).reshape(N * B, -1)
+        # Q̂ at the action the env would execute (clamped): Q̂ never saw actions outside [−1, 1]
+        adv = (Q(s_rep, a.clamp(-1, 1).reshape(N * B, -1)).min(0).values - V(s_rep)).view(N, B)
+        adv = (adv - adv.mean(1, keepdim=True)) / (adv.std(1, keepdim=True) + 1e-10)
+        if not iql:
+            adv = torch.where(adv > 0, omega * adv, (1 - omega) * adv)
+    ratio = (pi.log_prob(s, a) - logp_k).exp()
+    loss = -torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv).mean(1)
+    return loss.sum(), ratio
+
+
+class StateNorm:
+    def __init__(self, mean: np.ndarray, std: np.ndarray, device):
+        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device)
+        self.std = torch.as_tensor(std, dtype=torch.float32, device=device)
+
+    def __call__(self, s):
+        return (s - self.mean) / self.std
+
+
+@torch.no_grad()
+def am_q(pi, dyn, term_fn, Q, norm: StateNorm, s0_raw, horizon: int, seed: int) -> torch.Tensor:
+    """AM-Q per member: mean min(Q̂1, Q̂2) over the (non-terminated) pairs visited by the deterministic policy
+    in the learned model, from raw start states s0_raw. Same seed -> same model noise (common random numbers)."""
+    N, B = pi.n, s0_raw.shape[0]
+    gen = torch.Generator(device=s0_raw.device).manual_seed(seed)
+    s = s0_raw.unsqueeze(0).expand(N, -1, -1).reshape(N * B, -1)
+    alive = torch.ones(N * B, device=s.device)
+    total, count = torch.zeros_like(alive), torch.zeros_like(alive)
+    for _ in range(horizon):
+        sn = norm(s)
+        a = pi(sn.view(N, B, -1))[0].clamp(-1, 1).reshape(N * B, -1)
+        total += Q(sn, a).min(0).values * alive
+        count += alive
+        s, _ = dyn.step(s, a, gen)
+        bad = ~torch.isfinite(s).all(-1)
+        s = torch.where(bad[:, None], torch.zeros_like(s), s)
+        alive = alive * (~(term_fn(s) | bad)).float()
+        if alive.sum() == 0:
+            break
+    return total.view(N, B).sum(1) / count.view(N, B).sum(1)
+
+
+def accept_rule(scores: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+    """π_k ← π only on a strictly better AM-Q than the best so far."""
+    return scores > best
+
+
+def gae(rewards, values, next_values, terminated, dones, gamma: float, lam: float):
+    """GAE: bootstrapping is cut only by `terminated`; the recursion is reset at every episode end (`dones`,
+    time limits included), where V(s') of the truncated state still bootstraps δ."""
+    adv = np.zeros_like(rewards)
+    last = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        delta = rewards[t] + gamma * (1 - terminated[t]) * next_values[t] - values[t]
+        last = delta + gamma * lam * (1 - dones[t]) * last
+        adv[t] = last
+    return adv
+
+
+class RunningReturnStd:
+    """÷ running std of the discounted return (dynamic reward scaling), reset at episode starts."""
+
+    def __init__(self, gamma):
+        self.gamma, self.ret, self.n, self.mean, self.m2 = gamma, 0.0, 0, 0.0, 0.0
+
+    def __call__(self, r: float, episode_start: bool) -> float:
+        self.ret = r + (0.0 if episode_start else self.gamma * self.ret)
+        self.n += 1
+        d = self.ret - self.mean
+        self.mean += d / self.n
+        self.m2 += d * (self.ret - self.mean)
+        std = math.sqrt(self.m2 / self.n) if self.n > 1 else 1.0
+        return r / (std + 1e-8)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation helpers
+# ----------------------------------------------------------------------------------------------
+def policy_actor(pi: GaussianPolicyEnsemble, member: int, norm: StateNorm, a_center, a_half, device):
+    def act(obs):
+        with torch.no_grad():
+            s = norm(torch.as_tensor(obs, dtype=torch.float32, device=device).reshape(1, -1))
+            mu = pi(s)[0][member, 0].clamp(-1, 1).cpu().numpy()
+        return a_center + a_half * mu
+
+    return act
+
+
+def eval_member(env, pi, member, norm, a_center, a_half, device, episodes, seed, dataset):
+    returns = evaluate(env, policy_actor(pi, member, norm, a_center, a_half, device), episodes, seed)
+    return returns, normalized_score(dataset, float(returns.mean()))
+
+
+# ----------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------
+def validate(args: Args):
+    for k in ("offline_steps", "online_steps", "value_steps", "bc_steps", "term_steps", "value_refit_steps"):
+        if getattr(args, k) < 0:
+            fail(f"--{k.replace('_', '-')} must be >= 0, got {getattr(args, k)}")
+    for k in ("eval_freq", "eval_episodes", "batch_size", "num_policies", "ope_freq", "ope_horizon", "ope_num_states"):
+        if getattr(args, k) <= 0:
+            fail(f"--{k.replace('_', '-')} must be > 0, got {getattr(args, k)}")
+    for k in ("num_steps", "minibatch_size", "update_epochs", "dyn_members", "dyn_elites", "dyn_batch_size"):
+        if getattr(args, k) <= 0:
+            fail(f"--{k.replace('_', '-')} must be > 0, got {getattr(args, k)}")
+    if args.dyn_elites > args.dyn_members:
+        fail(f"--dyn-elites ({args.dyn_elites}) cannot exceed --dyn-members ({args.dyn_members})")
+    if not 0 < args.omega < 1:
+        fail(f"--omega must be in (0, 1), got {args.omega}")
+    if not 0 < args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
+        fail("--gamma must be in (0, 1] and --gae-lambda in [0, 1]")
+    if args.clip_ratio <= 0 or args.online_clip <= 0:
+        fail("--clip-ratio and --online-clip must be > 0")
+    if args.phases == "online" and args.online_steps == 0:
+        fail("--phases online needs --online-steps > 0")
+    if args.select_top_k <= 0:
+        fail(f"--select-top-k must be > 0, got {args.select_top_k}")
+
+
+def main(args: Args):
+    validate(args)
+    try:
+        dataset = load_minari_dataset(args.dataset_id, args.download)
+        data = dataset_to_transitions(dataset)
+        eval_env = make_eval_env(dataset)
+        space = eval_env.action_space
+        if not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
+            raise DatasetError(f"action space {space} is unbounded; Uni-O4's tanh-mean policy needs bounds")
+        env_id = dataset.env_spec.id if dataset.env_spec is not None else ""
+        term_choice = args.termination
+        if args.phases != "online":
+            term_choice, term_reason = select_termination(env_id, data["terminals"], args.termination)
+    except DatasetError as e:
+        fail(str(e))
+    run_name = f"{args.dataset_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = args.run_dir or os.path.join("runs", run_name)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=run_name, save_code=True)  # fmt: skip
+    seed_everything(args.seed, args.torch_deterministic)
+    rng = np.random.default_rng(args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    log = RunLogger(args, run_dir)
+
+    a_center = ((space.high + space.low) / 2).astype(np.float32)
+    a_half = ((space.high - space.low) / 2).astype(np.float32)
+    obs_dim, act_dim = data["observations"].shape[1], data["actions"].shape[1]
+    s_mean, s_std = data["observations"].mean(0), data["observations"].std(0)
+    s_std = np.where(s_std < 1e-12, 1.0, s_std)
+    if not args.state_norm:
+        s_mean, s_std = np.zeros_like(s_mean), np.ones_like(s_std)
+    norm = StateNorm(s_mean, s_std, device)
+
+    def T(x):
+        return torch.as_tensor(x, dtype=torch.float32, device=device)
+
+    a_norm = np.clip((data["actions"] - a_center) / a_half, -1, 1)
+    a_next = np.concatenate([a_norm[1:], a_norm[-1:]])  # a' (SARSA); unused at episode ends
+    D = dict(
+        s=norm(T(data["observations"])),
+        a=T(a_norm),
+        r=T(data["rewards"]),
+        s2=norm(T(data["next_observations"])),
+        term=T(data["terminals"]),
+        ends=T(data["episode_ends"]),
+        a2=T(a_next),
+        mc=T(mc_returns(data["rewards"], data["episode_ends"], args.gamma)),
+    )
+    stage_times: dict[str, float] = {}
+    extra: dict = dict(termination_rule=None, selection_env_steps=0, offline_gradient_steps=0)
+    V = None
+    pi_online = GaussianPolicyEnsemble(1, obs_dim, act_dim, args.bc_hidden_dim, args.bc_depth, args.pi_activation)
+    pi_online = pi_online.to(device)
+
+    # ================================ offline ================================
+    if args.phases != "online":
+        t = time.time()
+        V, Q = fit_values(D, args, device, log, rng)
+        stage_times["values"] = time.time() - t
+        print(f"[offline/values] {args.value_steps} steps in {stage_times['values']:.0f}s", flush=True)
+
+        t = time.time()
+        pi = GaussianPolicyEnsemble(
+            args.num_policies, obs_dim, act_dim, args.bc_hidden_dim, args.bc_depth, args.pi_activation
+        ).to(device)
+        train_bc(pi, D, args, log, rng)
+        stage_times["bc"] = time.time() - t
+        print(f"[offline/bc] {args.bc_steps} steps in {stage_times['bc']:.0f}s", flush=True)
+
+        def eval_all(tag_step: int, policy) -> tuple[list, list]:
+            rets, scores = [], []
+            for i in range(policy.n):
+                ret, sc = eval_member(eval_env, policy, i, norm, a_center, a_half, device,
+                                      args.eval_episodes, args.seed + 10_000, dataset)  # fmt: skip
+                rets.append(ret)
+                scores.append(sc if sc is not None else float(ret.mean()))
+                log.scalar("offline", f"eval/member{i}_return", float(ret.mean()), tag_step)
+            return rets, scores
+
+        t = time.time()
+        dyn = DynamicsEnsemble(obs_dim, act_dim, args.dyn_members, args.dyn_elites, args.dyn_hidden_dim,
+                               args.dyn_depth).to(device)  # fmt: skip
+        raw_s, raw_s2 = T(data["observations"]), T(data["next_observations"])
+        extra["dynamics"] = train_dynamics(dyn, raw_s, D["a"], D["r"], raw_s2, args, log, rng)
+        if term_choice == "learned":
+            term_fn = LearnedTermination(obs_dim).to(device)
+            loss = term_fn.fit(raw_s2, D["term"], args.term_steps, args.batch_size, rng)
+            term_reason += f" (final BCE {loss:.4f})"
+        else:
+            term_fn = TERMINATION_RULES.get(term_choice, _term_never)
+        extra["termination_rule"] = f"{term_choice}: {term_reason}"
+        print(f"[offline/dynamics] termination: {extra['termination_rule']}", flush=True)
+        stage_times["dynamics"] = time.time() - t
+
+        # ---- multi-step improvement with the AM-Q gate ----
+        t = time.time()
+        s0 = raw_s[torch.as_tensor(rng.integers(0, raw_s.shape[0], args.ope_num_states), device=device)]
+        ope_seed = int(rng.integers(1 << 31))
+
+        def score(policy):
+            return am_q(policy, dyn, term_fn, Q, norm, s0, args.ope_horizon, ope_seed)
+
+        pi_ref = copy.deepcopy(pi).requires_grad_(False)  # π_k
+        best = score(pi_ref)
+        bc_amq = best.clone()
+        for i in range(pi.n):
+            log.scalar("offline", f"ope/amq_member{i}", float(best[i]), 0)
+        sel = int(best.argmax())
+        bc_rets, bc_scores = eval_all(0, pi_ref)
+        log.eval("offline", 0, bc_rets[sel], normalized_score(dataset, float(bc_rets[sel].mean())))
+        extra.update(bc_score=bc_scores[sel], bc_member_scores=bc_scores, bc_member=sel)
+        opt = torch.optim.Adam(pi.parameters(), lr=args.pi_lr)
+        accepts = np.zeros(pi.n, dtype=int)
+        for step in range(1, args.offline_steps + 1):
+            frac = 1 - (step - 1) / args.offline_steps
+            opt.param_groups[0]["lr"] = args.pi_lr * frac
+            clip = args.clip_ratio * (1 - min(step - 1, args.clip_decay_steps) / args.offline_steps)
+            i = torch.as_tensor(rng.integers(0, D["s"].shape[0], args.batch_size), device=device)
+            loss, ratio = offline_ppo_loss(pi, pi_ref, Q, V, D["s"][i], clip, args.iql, args.omega)
+            opt.zero_grad()
+            loss.backward()
+            clip_grad_norm_per_member(pi.parameters(), args.max_grad_norm)
+            opt.step()
+            if step % 100 == 0:
+                log.scalar("offline", "losses/policy_loss", loss.item() / pi.n, step)
+                log.scalar("offline", "losses/ratio_dev", (ratio - 1).abs().mean().item(), step)
+                log.scalar("offline", "charts/SPS", step / (time.time() - t), step)
+            if step % args.ope_freq == 0 or step == args.offline_steps:
+                scores = score(pi)
+                acc = accept_rule(scores, best)
+                pi_ref.copy_members_from(pi, acc)
+                best = torch.where(acc, scores, best)
+                accepts += acc.cpu().numpy()
+                for m in range(pi.n):
+                    log.scalar("offline", f"ope/amq_member{m}", float(scores[m]), step)
+                    log.scalar("offline", f"ope/best_amq_member{m}", float(best[m]), step)
+                    log.scalar("offline", f"ope/accept_member{m}", float(acc[m]), step)
+                print(f"[offline/ope] step {step}: AM-Q {[round(x, 2) for x in scores.tolist()]} "
+                      f"accept {acc.int().tolist()}", flush=True)  # fmt: skip
+            if step % args.eval_freq == 0 and step != args.offline_steps:
+                sel = int(best.argmax())
+                ret, sc = eval_member(eval_env, pi_ref, sel, norm, a_center, a_half, device,
+                                      args.eval_episodes, args.seed + 10_000, dataset)  # fmt: skip
+                log.eval("offline", step, ret, sc)
+        stage_times["improvement"] = time.time() - t
+
+        # ---- selection and the final offline evaluation ----
+        t = time.time()
+        sel = int(best.argmax())
+        if args.select_with_env:
+            top = torch.argsort(best, descending=True)[: args.select_top_k].tolist()
+            env_scores, n_env_steps = [], [0]
+            for m in top:
+                actor_m = policy_actor(pi_ref, m, norm, a_center, a_half, device)
+
+                def counted(obs, actor_m=actor_m):
+                    n_env_steps[0] += 1
+                    return actor_m(obs)
+
+                env_scores.append(evaluate(eval_env, counted, args.eval_episodes, args.seed + 20_000).mean())
+            sel = top[int(np.argmax(env_scores))]
+            extra["selection_env_steps"] = n_env_steps[0]  # the hidden online budget of this selection rule
+            print(f"[offline] --select-with-env spent {n_env_steps[0]} real env steps choosing member {sel}")
+        if args.offline_steps > 0 or sel != extra["bc_member"]:
+            final_rets, final_scores = eval_all(args.offline_steps, pi_ref)
+            log.eval("offline", args.offline_steps, final_rets[sel], normalized_score(dataset, final_rets[sel].mean()))
+        else:  # nothing changed since the evaluation after BC
+            final_rets, final_scores = bc_rets, bc_scores
+        stage_times["offline_eval"] = time.time() - t
+        extra.update(
+            improved_score=final_scores[sel],
+            improved_member_scores=final_scores,
+            selected_member=sel,
+            bc_amq=bc_amq.tolist(),
+            final_amq=best.tolist(),
+            accepts=accepts.tolist(),
+            offline_gradient_steps=args.offline_steps,
+            value_gradient_steps=args.value_steps,
+            bc_gradient_steps=args.bc_steps,
+        )
+        print(f"[offline] BC score {bc_scores} -> improved {final_scores}; selected member {sel}, "
+              f"accepts {accepts.tolist()}", flush=True)  # fmt: skip
+        pi_online = pi_ref.extract(sel).requires_grad_(True)
+        if args.save_model:
+            torch.save(dict(pi=pi_ref.state_dict(), V=V.state_dict(), Q=Q.state_dict(), dyn=dyn.state_dict()),
+                       os.path.join(run_dir, "offline.pt"))  # fmt: skip
+
+    # ================================ online ================================
+    online_steps = args.online_steps if args.phases != "offline" else 0
+    online_grad_steps = 0
+    if online_steps > 0:
+        t = time.time()
+        scale_fn = None
+        if args.reward_scale == "number":
+            scale_fn = lambda r, start: r * args.reward_scale_factor  # noqa: E731
+        elif args.reward_scale == "dynamic":
+            scale_fn = RunningReturnStd(args.gamma)
+            starts = np.concatenate([[True], data["episode_ends"][:-1]])
+            for r, st in zip(data["rewards"], starts):  # warm up the running statistics on the dataset
+                scale_fn(float(r), bool(st))
+        if V is None:
+            critic = ValueNet(obs_dim, args.v_hidden_dim, args.v_depth).to(device)
+        elif scale_fn is None:
+            critic = V
+        else:  # re-fit V to MC returns of the scaled offline rewards
+            critic = ValueNet(obs_dim, args.v_hidden_dim, args.v_depth).to(device)
+            starts = np.concatenate([[True], data["episode_ends"][:-1]])
+            if args.reward_scale == "number":
+                r_sc = data["rewards"] * args.reward_scale_factor
+            else:
+                tmp = RunningReturnStd(args.gamma)
+                r_sc = np.array([tmp(float(r), bool(st)) for r, st in zip(data["rewards"], starts)], np.float32)
+            mc = T(mc_returns(r_sc.astype(np.float32), data["episode_ends"], args.gamma))
+            vopt = torch.optim.Adam(critic.parameters(), lr=args.value_lr)
+            for _ in range(args.value_refit_steps):
+                i = torch.as_tensor(rng.integers(0, mc.shape[0], args.batch_size), device=device)
+                loss = ((critic(D["s"][i]) - mc[i]) ** 2).mean()
+                vopt.zero_grad()
+                loss.backward()
+                vopt.step()
+        stage_times["online_setup"] = time.time() - t
+        t = time.time()
+        actor = pi_online
+        a_opt = torch.optim.Adam(actor.parameters(), lr=args.lr_actor, eps=1e-5)
+        c_opt = torch.optim.Adam(critic.parameters(), lr=args.lr_critic, eps=1e-5)
+        env = dataset.recover_environment()
+        if not isinstance(env.observation_space, gym.spaces.Box):
+            env = gym.wrappers.FlattenObservation(env)
+        obs, _ = env.reset(seed=args.seed)
+        ep_ret, ep_len, episode_start, global_step = 0.0, 0, True, 0
+        next_eval = args.eval_freq
+        while global_step < online_steps:
+            L = min(args.num_steps, online_steps - global_step)
+            frac = 1 - global_step / online_steps
+            a_opt.param_groups[0]["lr"], c_opt.param_groups[0]["lr"] = args.lr_actor * frac, args.lr_critic * frac
+            buf = {k: [] for k in ("s", "a", "logp", "r", "s2", "term", "done")}
+            for _ in range(L):
+                s = norm(T(obs).reshape(1, -1))
+                with torch.no_grad():
+                    mu, ls = actor(s)
+                    a = (mu + ls.exp() * torch.randn_like(mu))[0, 0]
+                    logp = gaussian_log_prob(a, mu[0, 0], ls[0, 0])
+                env_a = a_center + a_half * a.clamp(-1, 1).cpu().numpy()
+                obs2, r, term, trunc, _ = env.step(env_a)
+                global_step += 1
+                ep_ret, ep_len = ep_ret + float(r), ep_len + 1
+                r_used = float(r) if scale_fn is None else scale_fn(float(r), episode_start)
+                episode_start = False
+                for k, v in zip(buf, (s[0], a, logp, r_used, obs2, float(term), float(term or trunc))):
+                    buf[k].append(v)
+                if term or trunc:
+                    log.scalar("online", "charts/episodic_return", ep_ret, global_step)
+                    log.scalar("online", "charts/episodic_length", ep_len, global_step)
+                    obs, _ = env.reset()
+                    ep_ret, ep_len, episode_start = 0.0, 0, True
+                else:
+                    obs = obs2
+            S, A_, LOGP = torch.stack(buf["s"]), torch.stack(buf["a"]), torch.stack(buf["logp"])
+            S2 = norm(T(np.array(buf["s2"])))
+            with torch.no_grad():
+                values, next_values = critic(S).cpu().numpy(), critic(S2).cpu().numpy()
+            adv = gae(np.array(buf["r"], np.float32), values, next_values, np.array(buf["term"]),
+                      np.array(buf["done"]), args.gamma, args.gae_lambda)  # fmt: skip
+            ret_t, adv_t, v_old = T(adv + values), T(adv), T(values)
+            adv_t = (adv_t - adv_t.mean()) / (adv_t.std() + 1e-5) if L > 1 else adv_t
+            for _ in range(args.update_epochs):
+                perm = torch.as_tensor(rng.permutation(L), device=device)
+                for b in range(0, L, args.minibatch_size):
+                    mb = perm[b : b + args.minibatch_size]
+                    mu, ls = actor(S[mb])
+                    logp = gaussian_log_prob(A_[mb], mu[0], ls[0])
+                    ratio = (logp - LOGP[mb]).exp()
+                    entropy = (ls[0] + 0.5 * math.log(2 * math.pi * math.e)).sum(-1).mean()
+                    pg = -torch.min(ratio * adv_t[mb], ratio.clamp(1 - args.online_clip, 1 + args.online_clip)
+                                    * adv_t[mb]).mean()  # fmt: skip
+                    a_loss = pg - args.ent_coef * entropy
+                    a_opt.zero_grad()
+                    a_loss.backward()
+                    nn.utils.clip_grad_norm_(actor.parameters(), args.max_grad_norm)
+                    a_opt.step()
+                    v = critic(S[mb])
+                    v_clip = v_old[mb] + (v - v_old[mb]).clamp(-args.online_clip, args.online_clip)
+                    v_loss = torch.max((v - ret_t[mb]) ** 2, (v_clip - ret_t[mb]) ** 2).mean()
+                    c_opt.zero_grad()
+                    v_loss.backward()
+                    nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
+                    c_opt.step()
+                    online_grad_steps += 1
+            log.scalar("online", "losses/policy_loss", pg.item(), global_step)
+            log.scalar("online", "losses/value_loss", v_loss.item(), global_step)
+            log.scalar("online", "losses/entropy", entropy.item(), global_step)
+            log.scalar("online", "losses/clipfrac", float(((ratio - 1).abs() > args.online_clip).float().mean()),
+                       global_step)  # fmt: skip
+            log.scalar("online", "charts/SPS", global_step / (time.time() - t), global_step)
+            if global_step >= next_eval or global_step == online_steps:  # after the update, at rollout ends
+                ret = evaluate(eval_env, policy_actor(actor, 0, norm, a_center, a_half, device),
+                               args.eval_episodes, args.seed + 10_000)  # fmt: skip
+                log.eval("online", global_step, ret, normalized_score(dataset, float(ret.mean())))
+                while next_eval <= global_step:
+                    next_eval += args.eval_freq
+        stage_times["online"] = time.time() - t
+    summary = log.summary(
+        online_env_steps=online_steps,
+        online_gradient_steps=online_grad_steps,
+        stage_times=stage_times,
+        **extra,
+    )
+    print(f"summary: offline {summary['offline']} | online {summary['online']} | stage times "
+          f"{ {k: round(v, 1) for k, v in stage_times.items()} }", flush=True)  # fmt: skip
+    return summary
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
