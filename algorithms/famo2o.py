@@ -1,0 +1,960 @@
+"""FamO2O (Wang et al., NeurIPS 2023) — single-file PyTorch implementation, on IQL (default) or AWAC.
+
+Paper: Train Once, Get a Family: State-Adaptive Balances for Offline-to-Online Reinforcement Learning,
+       https://arxiv.org/abs/2310.17966
+Official code: https://github.com/LeapLabTHU/FamO2O (JAX; read for facts only; nothing copied)
+Spec: ../shared/research/famo2o.md
+
+Two models replace the base algorithm's single improvement/constraint balance:
+- the universal model π_u(a | s, β): a policy conditioned on a 6-d sinusoidal code of the balance coefficient β
+  (the AWR inverse temperature), trained over a range of β, so it is a family of policies;
+- the balance model π_b(β | s): a 1-d SAC-style policy that picks, per state, the β whose universal-model action the
+  target critic values most. Offline, the actor's β is uniform in [β_lo, β_hi]; online, it is sampled from π_b;
+  acting always uses the mode of π_b.
+The critic / value learning of the base algorithm is unchanged.
+
+    python algorithms/famo2o.py --dataset-id o2o/pendulum/medium-replay-v0              # IQL base, CPU budgets
+    python algorithms/famo2o.py --base awac                                              # AWAC base
+    python algorithms/famo2o.py --balance fixed --fixed-beta 3                           # ablation: base alone
+    python algorithms/famo2o.py --offline-steps 1000000 --online-steps 1000000           # the paper's budgets
+
+Logged beyond the project's common tags: `{phase}/eval/beta_mean|beta_std` and the histogram `{phase}/eval/beta` (the
+β the balance model chose in each evaluation), `online/charts/beta*` (the β acted with while collecting), and
+`losses/balance_loss|balance_entropy|alpha|alpha_loss|balance_beta_mean|actor_beta_mean|adv_weight|advantage`.
+summary.json's `beta` holds mean, std, range and a 10-bin histogram over [β_lo, β_hi] of the last of each.
+
+Deviations from the paper / official code (and choices where neither says):
+- Step budgets default to CPU size (20k offline gradient steps, 20k online env steps); the paper's 1M + 1M are
+  `--offline-steps 1000000 --online-steps 1000000`. All other defaults are the spec's FamO2O+IQL locomotion ones
+  (expectile 0.8, β ∈ [1, 5], lr 3e-4 everywhere, batch 256, γ 0.99, τ 0.005, weight clip 100, 2M buffer).
+- Advantage weight: the default `--weight-mode per_sample` is the paper's intent, w_j = min(exp(β_j·A_j), 100).
+  The released IQL code broadcasts a [B] advantage against a [B, 1] β, which trains with the batch-averaged
+  w_j = (1/B)·Σ_i min(exp(β_i·A_j), 100); that is `--weight-mode batch_mean` (what reproduced the paper's AntMaze
+  table). The log-prob is conditioned on the sample's own β_j in both modes.
+- Actor learning rate is constant. The unreleased locomotion config would have inherited a cosine decay over all
+  updates, which reaches 0 exactly when online training starts (spec §6.7); the AntMaze config is constant.
+- Actions are mapped affinely from the env's Box to [-1, 1] (the official code assumes D4RL's [-1, 1] actions);
+  dataset actions are then clipped to ±(1 − 1e-5) as in the official code.
+- Reward preprocessing is `--reward-scale-mode`: `locomotion` (default; r·1000/(max − min episode return of the
+  dataset), the paper's locomotion rule), `goal` (r − 1, the AntMaze rule) or `none`. It is applied at sampling time
+  to offline and online transitions alike. For Pendulum (200-step episodes, r ∈ [-16.3, 0], no terminations) the
+  locomotion rule multiplies rewards by ≈ 0.77 (medium-replay), close to raw; it is the default because it is the
+  rule the paper uses for dense-reward control and keeps the file's defaults unit-free.
+- Evaluation: `--eval-episodes` (10) deterministic episodes every `--eval-freq` steps and at the end of each phase,
+  instead of 100 episodes every 100k steps; the summary's `offline` entry comes from offline-phase evaluations (the
+  last one at the end of the offline phase) and `online` from online-phase evaluations.
+- Online masks: only `terminated` cuts the bootstrap (gymnasium's flags replace the old `TimeLimit.truncated` key).
+- The balance model and the temperature are updated with `loss.backward(inputs=balance params)`: gradients flow
+  through the universal actor's input and the target critic, whose parameters are never touched (same result as
+  JAX's functional update with frozen parameters).
+- Twin Q is one vectorized ensemble (stacked [2, in, out] weights), numerically the same as two networks.
+- Buffer: one array of capacity min(--buffer-size, dataset + online steps), offline data first, online transitions
+  appended, uniform sampling, FIFO overwrite if ever full (as the CQL code; the IQL code never fills its buffer).
+- AWAC base (`--base awac`; the paper reports it but its code was never released; spec §1.4). Choices:
+  * critic: twin Q, target y = r + γ·mask·min Q_targ(s', a'), a' ~ π_u(·| s', enc(β')) with β' the balance model's
+    mode at s' (the β the agent would act with there; the fixed β in the ablation), a' clipped to [-1, 1];
+  * advantage A = min Q_targ(s, a) − min Q_targ(s, ã), ã ~ π_u(·| s, enc(β_j)) (one sample, as rlkit's AWAC, but
+    with the target critic, like the IQL variant and the balance loss; rlkit uses the online Q);
+  * actor: the same weighted regression as IQL with β as inverse temperature (AWAC's exp(A/λ), λ = 1/β), same
+    β range [1, 5], same clip and weight modes; no batch-softmax normalization (rlkit's option), no V network;
+  * the same networks, learning rates and universal/balance models as the IQL variant.
+- `--balance fixed` is the ablation: a single β (`--fixed-beta`, default 3, plain IQL's locomotion value) for
+  training and acting, no balance model or temperature updates; the universal model still receives enc(β), a
+  constant input, which makes it the base algorithm alone.
+- `--capture-video` records one deterministic episode after training (needs the env's rgb_array renderer).
+"""
+
+import json
+import math
+import os
+import random
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+import gymnasium as gym
+import minari
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+BASES = ("iql", "awac")
+BALANCES = ("adaptive", "fixed")
+WEIGHT_MODES = ("per_sample", "batch_mean")
+REWARD_SCALE_MODES = ("none", "locomotion", "goal")
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available (CPU otherwise)"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases (wandb must be installed)"""
+    wandb_project_name: str = "o2o"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to capture videos of the final evaluation episode (into the run directory's `videos/`)"""
+    save_model: bool = False
+    """whether to save model checkpoints into the run directory"""
+    run_dir: Optional[str] = None
+    """where logs, checkpoints and summary.json go (default: runs/{run_name})"""
+    dataset_id: str = "o2o/pendulum/medium-replay-v0"
+    """Minari dataset id: a local one (see `python benchmark/make_datasets.py`) or a remote one with --download"""
+    download: bool = False
+    """fetch the dataset from Minari's remote server when it is not on the local disk"""
+    offline_steps: int = 20_000
+    """number of offline gradient steps (0 skips the offline phase; the paper uses 1_000_000)"""
+    online_steps: int = 20_000
+    """number of online environment steps, one gradient step each (0 skips the online phase; paper: 1_000_000)"""
+    eval_freq: int = 5_000
+    """evaluate every this many steps (gradient steps offline, environment steps online)"""
+    eval_episodes: int = 10
+    """number of deterministic evaluation episodes"""
+    batch_size: int = 256
+    """minibatch size"""
+    # ---- FamO2O ----
+    base: str = "iql"
+    """base algorithm: `iql` (twin Q + expectile V + AWR, the released code) or `awac` (paper only, see header)"""
+    balance: str = "adaptive"
+    """`adaptive`: FamO2O's balance model picks β per state; `fixed`: one β (`--fixed-beta`), the base alone"""
+    beta_lo: float = 1.0
+    """lower end of the balance coefficient range [β_lo, β_hi] (AWR inverse temperature; AntMaze used [8, 14])"""
+    beta_hi: float = 5.0
+    """upper end of the balance coefficient range"""
+    fixed_beta: float = 3.0
+    """the single β of `--balance fixed` (plain IQL's locomotion inverse temperature)"""
+    weight_mode: str = "per_sample"
+    """`per_sample`: min(exp(β_j A_j), 100) (the paper); `batch_mean`: mean_i min(exp(β_i A_j), 100) (official code)"""
+    weight_clip: float = 100.0
+    """upper clip of the advantage weight"""
+    expectile: float = 0.8
+    """IQL expectile τ_e of the V regression (FamO2O's default; plain IQL locomotion uses 0.7)"""
+    gamma: float = 0.99
+    """discount factor γ"""
+    tau: float = 0.005
+    """Polyak rate of the target twin Q"""
+    actor_lr: float = 3e-4
+    """learning rate of the universal model (constant)"""
+    critic_lr: float = 3e-4
+    """learning rate of the twin Q"""
+    value_lr: float = 3e-4
+    """learning rate of V (IQL)"""
+    balance_lr: float = 3e-4
+    """learning rate of the balance model"""
+    alpha_lr: float = 3e-4
+    """learning rate of the balance model's log-temperature log α"""
+    init_alpha: float = 1.0
+    """initial entropy temperature α of the balance model"""
+    target_entropy: float = -0.5
+    """target entropy of the balance model's 1-d distribution"""
+    hidden_dim: int = 256
+    """width of the two hidden layers of every network"""
+    buffer_size: int = 2_000_000
+    """replay capacity (offline data first, online transitions appended)"""
+    reward_scale_mode: str = "locomotion"
+    """`locomotion`: r·1000/(max−min dataset episode return); `goal`: r − 1 (AntMaze); `none`: raw rewards"""
+    log_freq: int = 1_000
+    """log losses and the β distribution every this many gradient steps"""
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: Minari dataset -> transitions. Errors raise DatasetError; __main__ turns them into exit 2.
+# ----------------------------------------------------------------------------------------------
+class DatasetError(ValueError):
+    """Bad dataset input: the message says what was wrong and what to do."""
+
+
+def load_minari_dataset(dataset_id: str, download: bool = False) -> minari.MinariDataset:
+    """Load a local Minari dataset, or download it first when `download` is set."""
+    local = minari.list_local_datasets()
+    if dataset_id not in local:
+        if not download:
+            names = ", ".join(sorted(local)) or "none"
+            raise DatasetError(
+                f"dataset '{dataset_id}' is not on the local disk "
+                f"(MINARI_DATASETS_PATH={os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')}).\n"
+                f"  local datasets: {names}\n"
+                "  build the project's local datasets with `python benchmark/make_datasets.py`, "
+                "or pass --download to fetch a remote Minari dataset."
+            )
+        remote = os.environ.get("MINARI_REMOTE", "hf://farama-minari")
+        host = {"hf": "huggingface.co", "gcp": "storage.googleapis.com"}.get(remote.split("://")[0])
+        try:  # fail fast (huggingface_hub would retry for ~30 s) when there is no network
+            if host:
+                socket.create_connection((host, 443), timeout=5).close()
+        except OSError as e:
+            raise DatasetError(
+                f"cannot download '{dataset_id}': Minari's remote {remote} is unreachable ({host}: {e}).\n"
+                "  on a machine with a network, run again with --download; here, use a local dataset "
+                "such as o2o/pendulum/medium-v0 (build them with `python benchmark/make_datasets.py`)."
+            ) from e
+        try:
+            minari.download_dataset(dataset_id)
+        except Exception as e:  # no network, unknown remote id, missing minari[hf]
+            raise DatasetError(
+                f"could not download '{dataset_id}' from Minari's remote: {type(e).__name__}: {e}\n"
+                "  check the id with `minari list remote` on a machine with a network, or use a local dataset "
+                "such as o2o/pendulum/medium-v0 (build them with `python benchmark/make_datasets.py`)."
+            ) from e
+    try:
+        return minari.load_dataset(dataset_id)
+    except Exception as e:
+        raise DatasetError(
+            f"dataset '{dataset_id}' exists but could not be read ({type(e).__name__}: {e}); "
+            f"it may be corrupted: delete it with `minari delete {dataset_id}` and build or download it again."
+        ) from e
+
+
+def _flatten_obs(space: gym.Space, obs) -> np.ndarray:
+    """Stack an episode's observations as (T, obs_dim); Dict/Tuple of Boxes are flattened in the
+    order gymnasium's FlattenObservation uses, so dataset and environment agree."""
+    if isinstance(space, gym.spaces.Box):
+        return np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
+    if isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)):
+        keys = space.spaces.keys() if isinstance(space, gym.spaces.Dict) else range(len(space.spaces))
+        return np.concatenate([_flatten_obs(space.spaces[k], obs[k]) for k in keys], axis=1)
+    raise DatasetError(f"observation space {space} is not supported: only Box, or Dict/Tuple of Boxes")
+
+
+def dataset_to_transitions(dataset: minari.MinariDataset) -> dict[str, np.ndarray]:
+    """(s, a, r, s', terminal) arrays from the episodes: s = obs[:-1], s' = obs[1:]; only terminations
+    cut the bootstrap (truncations do not). `episode_ends` marks each episode's last transition."""
+    if not isinstance(dataset.action_space, gym.spaces.Box):
+        raise DatasetError(f"action space {dataset.action_space} is not continuous (Box); these algorithms need Box")
+    parts: dict[str, list] = {
+        k: [] for k in ("observations", "actions", "rewards", "next_observations", "terminals", "episode_ends")
+    }
+    for ep in dataset.iterate_episodes():
+        obs = _flatten_obs(dataset.observation_space, ep.observations)
+        n = len(ep.rewards)
+        parts["observations"].append(obs[:-1])
+        parts["next_observations"].append(obs[1:])
+        parts["actions"].append(np.asarray(ep.actions, dtype=np.float32).reshape(n, -1))
+        parts["rewards"].append(np.asarray(ep.rewards, dtype=np.float32))
+        parts["terminals"].append(np.asarray(ep.terminations, dtype=np.float32))
+        ends = np.zeros(n, dtype=bool)
+        ends[-1] = True
+        parts["episode_ends"].append(ends)
+    data = {k: np.concatenate(v) for k, v in parts.items()}
+    for k, v in data.items():
+        if v.dtype != bool and not np.isfinite(v).all():
+            raise DatasetError(f"dataset '{dataset.spec.dataset_id}' holds NaN or inf in '{k}'; rebuild or clean it")
+    return data
+
+
+def make_eval_env(dataset: minari.MinariDataset, **make_kwargs) -> gym.Env:
+    """The dataset's evaluation environment, checked against the dataset's spaces."""
+    try:
+        env = dataset.recover_environment(eval_env=True, **make_kwargs)
+    except Exception as e:
+        raise DatasetError(
+            f"could not build the environment of '{dataset.spec.dataset_id}': {type(e).__name__}: {e}"
+        ) from e
+    if env.observation_space != dataset.observation_space or env.action_space != dataset.action_space:
+        raise DatasetError(
+            f"dataset '{dataset.spec.dataset_id}' does not match its environment {env.spec.id if env.spec else env}: "
+            f"observation space {dataset.observation_space} vs {env.observation_space}, "
+            f"action space {dataset.action_space} vs {env.action_space}"
+        )
+    if not isinstance(env.observation_space, gym.spaces.Box):
+        env = gym.wrappers.FlattenObservation(env)
+    return env
+
+
+def reward_transform(data: dict[str, np.ndarray], mode: str) -> tuple[float, float]:
+    """(scale, shift) with r' = scale·r + shift, applied at sampling time to every transition.
+    `locomotion`: 1000 / (max − min episode return) over the dataset (IQL's D4RL rule); `goal`: r − 1."""
+    if mode == "none":
+        return 1.0, 0.0
+    if mode == "goal":
+        return 1.0, -1.0
+    episode_id = np.concatenate([[0], np.cumsum(data["episode_ends"])[:-1]])
+    returns = np.bincount(episode_id, weights=data["rewards"].astype(np.float64))
+    spread = float(returns.max() - returns.min())
+    if spread <= 1e-8:
+        raise DatasetError(
+            "--reward-scale-mode locomotion needs episodes with different returns (max − min episode return is 0); "
+            "use --reward-scale-mode none"
+        )
+    return 1000.0 / spread, 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Networks. Every Linear: orthogonal init with gain √2, zero bias (as the official flax code).
+# ----------------------------------------------------------------------------------------------
+def encode_beta(beta: torch.Tensor, n: float = 10_000.0, d: int = 6) -> torch.Tensor:
+    """enc(β): β [...] -> [..., d], interleaved sin/cos of β / n^(2i/d), i = 0..d/2−1 (divisors 1, ≈21.5, ≈464 for
+    d = 6). Applied to the mapped β (e.g. in [1, 5]); the network never sees the raw β."""
+    divisors = n ** (torch.arange(0, d, 2, dtype=beta.dtype, device=beta.device) / d)
+    angles = beta.unsqueeze(-1) / divisors  # [..., d/2]
+    return torch.stack([torch.sin(angles), torch.cos(angles)], dim=-1).flatten(-2)
+
+
+def orthogonal_init(module: nn.Module, gain: float = math.sqrt(2)):
+    if isinstance(module, nn.Linear):
+        nn.init.orthogonal_(module.weight, gain)
+        nn.init.zeros_(module.bias)
+
+
+def mlp(in_dim: int, out_dim: int, hidden: int) -> nn.Sequential:
+    net = nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_dim)
+    )
+    net.apply(orthogonal_init)
+    return net
+
+
+class VectorizedLinear(nn.Module):
+    """N independent Linear layers as one batched matmul: x [N, B, in] -> [N, B, out]."""
+
+    def __init__(self, in_dim: int, out_dim: int, n: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.zeros(n, 1, out_dim))
+        for w in self.weight:  # init only, not a hot path
+            nn.init.orthogonal_(w, math.sqrt(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class TwinQ(nn.Module):
+    """Q_1, Q_2 (s, a) as one vectorized ensemble; returns [2, B]."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int, n: int = 2):
+        super().__init__()
+        self.n = n
+        self.net = nn.Sequential(
+            VectorizedLinear(obs_dim + act_dim, hidden, n),
+            nn.ReLU(),
+            VectorizedLinear(hidden, hidden, n),
+            nn.ReLU(),
+            VectorizedLinear(hidden, 1, n),
+        )
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, act], -1).unsqueeze(0).expand(self.n, -1, -1)
+        return self.net(x).squeeze(-1)
+
+
+class ValueNet(nn.Module):
+    """V(s) -> [B] (IQL)."""
+
+    def __init__(self, obs_dim: int, hidden: int):
+        super().__init__()
+        self.net = mlp(obs_dim, 1, hidden)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).squeeze(-1)
+
+
+class UniversalActor(nn.Module):
+    """π_u(a | s, β): Gaussian N(tanh(f(s, enc(β))), σ) with a state-independent log σ clipped to [−5, 2].
+    The tanh is on the mean only (no squashed distribution), so dataset actions need no atanh."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int):
+        super().__init__()
+        self.net = mlp(obs_dim + 6, act_dim, hidden)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+
+    def forward(self, obs: torch.Tensor, beta_code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.tanh(self.net(torch.cat([obs, beta_code], -1)))
+        return mean, self.log_std.clamp(-5.0, 2.0).exp().expand_as(mean)
+
+    def log_prob(self, obs: torch.Tensor, beta_code: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        mean, std = self(obs, beta_code)
+        return torch.distributions.Normal(mean, std).log_prob(act).sum(-1)
+
+    def rsample(self, obs: torch.Tensor, beta_code: torch.Tensor) -> torch.Tensor:
+        mean, std = self(obs, beta_code)
+        return mean + std * torch.randn_like(mean)
+
+
+def tanh_log_det(u: torch.Tensor) -> torch.Tensor:
+    """log(1 − tanh(u)²) = 2·(log 2 − u − softplus(−2u)), finite for any u (no atanh of z)."""
+    return 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
+
+
+class BalanceModel(nn.Module):
+    """π_b(β | s): u ~ N(μ_b(s), σ_b) with a state-independent log σ_b clipped to [−10, 2], z = tanh(u) and
+    β = β_lo + (z + 1)/2 · (β_hi − β_lo)."""
+
+    def __init__(self, obs_dim: int, hidden: int, beta_lo: float, beta_hi: float):
+        super().__init__()
+        self.net = mlp(obs_dim, 1, hidden)
+        self.log_std = nn.Parameter(torch.zeros(1))
+        self.beta_lo, self.beta_hi = beta_lo, beta_hi
+
+    def to_beta(self, z: torch.Tensor) -> torch.Tensor:
+        return self.beta_lo + (z + 1.0) / 2.0 * (self.beta_hi - self.beta_lo)
+
+    def rsample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterized β [B] and log π_b(z | s) [B] of the squashed z (tanh Jacobian included; the affine map
+        to β only shifts the log-density by a constant and is left out, as in the official code)."""
+        mu = self.net(obs).squeeze(-1)
+        std = self.log_std.clamp(-10.0, 2.0).exp()
+        u = mu + std * torch.randn_like(mu)
+        logp = torch.distributions.Normal(mu, std).log_prob(u) - tanh_log_det(u)
+        return self.to_beta(torch.tanh(u)), logp
+
+    def mode(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.to_beta(torch.tanh(self.net(obs).squeeze(-1)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Replay buffer: offline data first, online transitions appended, uniform sampling
+# ----------------------------------------------------------------------------------------------
+class ReplayBuffer:
+    def __init__(self, obs_dim: int, act_dim: int, capacity: int, device: torch.device):
+        self.capacity, self.device, self.size, self.ptr = capacity, device, 0, 0
+        self.obs = torch.zeros(capacity, obs_dim, device=device)
+        self.next_obs = torch.zeros(capacity, obs_dim, device=device)
+        self.act = torch.zeros(capacity, act_dim, device=device)
+        self.rew = torch.zeros(capacity, device=device)
+        self.mask = torch.zeros(capacity, device=device)
+
+    def add_batch(self, obs, act, rew, next_obs, terminal):
+        n = len(obs)
+        idx = (self.ptr + np.arange(n)) % self.capacity
+        t = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32, device=self.device)  # noqa: E731
+        self.obs[idx], self.act[idx], self.rew[idx] = t(obs), t(act), t(rew)
+        self.next_obs[idx], self.mask[idx] = t(next_obs), 1.0 - t(terminal)
+        self.ptr = (self.ptr + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
+        idx = torch.randint(0, self.size, (batch_size,), device=self.device)
+        return dict(
+            obs=self.obs[idx], act=self.act[idx], rew=self.rew[idx], next_obs=self.next_obs[idx], mask=self.mask[idx]
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses and the update step
+# ----------------------------------------------------------------------------------------------
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """mean |τ − 1(u < 0)|·u² with u = Q − V: positive errors (V below Q) weigh τ, so V tracks an upper expectile."""
+    weight = torch.where(diff > 0, expectile, 1.0 - expectile)
+    return (weight * diff.pow(2)).mean()
+
+
+def advantage_weights(beta: torch.Tensor, adv: torch.Tensor, mode: str, clip: float = 100.0) -> torch.Tensor:
+    """AWR weights [B] from β [B] and A [B].
+    per_sample: w_j = min(exp(β_j A_j), clip) (the paper). batch_mean: w_j = (1/B) Σ_i min(exp(β_i A_j), clip),
+    what the official code's [B, 1] × [B] broadcast computes. exp is taken after the clip on the exponent, so large
+    advantages never overflow."""
+    assert beta.dim() == 1 and adv.dim() == 1, "keep β and A as [B] so broadcasting cannot choose silently"
+    log_clip = math.log(clip)
+    if mode == "per_sample":
+        return torch.exp((beta * adv).clamp(max=log_clip))
+    if mode == "batch_mean":
+        return torch.exp((beta[:, None] * adv[None, :]).clamp(max=log_clip)).mean(0)
+    raise ValueError(f"unknown weight mode {mode!r}")
+
+
+class FamO2O:
+    """All models, optimizers and the gradient step. Models read start-of-step parameters unless stated."""
+
+    def __init__(self, obs_dim: int, act_dim: int, args: Args, device: torch.device):
+        self.args, self.device = args, device
+        h = args.hidden_dim
+        self.actor = UniversalActor(obs_dim, act_dim, h).to(device)
+        self.q = TwinQ(obs_dim, act_dim, h).to(device)
+        self.q_target = TwinQ(obs_dim, act_dim, h).to(device)
+        self.q_target.load_state_dict(self.q.state_dict())
+        self.q_target.requires_grad_(False)
+        self.value = ValueNet(obs_dim, h).to(device) if args.base == "iql" else None
+        self.balance = BalanceModel(obs_dim, h, args.beta_lo, args.beta_hi).to(device)
+        self.log_alpha = torch.tensor([math.log(args.init_alpha)], device=device, requires_grad=True)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr)
+        self.q_opt = torch.optim.Adam(self.q.parameters(), lr=args.critic_lr)
+        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=args.value_lr) if self.value else None
+        self.balance_opt = torch.optim.Adam(self.balance.parameters(), lr=args.balance_lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=args.alpha_lr)
+        self.adaptive = args.balance == "adaptive"
+
+    # -- β helpers --
+    def fixed_beta(self, n: int) -> torch.Tensor:
+        return torch.full((n,), self.args.fixed_beta, device=self.device)
+
+    @torch.no_grad()
+    def acting_beta(self, obs: torch.Tensor) -> torch.Tensor:
+        """β the agent acts with: the balance model's mode (or the fixed β)."""
+        return self.balance.mode(obs) if self.adaptive else self.fixed_beta(len(obs))
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool) -> tuple[np.ndarray, float]:
+        """Action in [-1, 1] and the β used, for one observation."""
+        o = torch.as_tensor(obs, dtype=torch.float32, device=self.device).reshape(1, -1)
+        beta = self.acting_beta(o)
+        mean, std = self.actor(o, encode_beta(beta))
+        a = mean if deterministic else mean + std * torch.randn_like(mean)
+        return a.clamp(-1.0, 1.0)[0].cpu().numpy(), float(beta[0])
+
+    def balance_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """SAC-style loss of π_b over its 1-d action β: mean[α·log π_b(z|s) − min Q_targ(s, ã)], with ã the universal
+        actor's reparameterized action at (s, enc(β)). The graph runs through the actor's input and the target Q;
+        the caller restricts backward to the balance parameters."""
+        beta, logp = self.balance.rsample(obs)
+        a = self.actor.rsample(obs, encode_beta(beta))
+        q = self.q_target(obs, a).min(0).values
+        alpha = self.log_alpha.exp().detach()
+        return (alpha * logp - q).mean(), logp.detach(), beta.detach()
+
+    def update(self, batch: dict[str, torch.Tensor], online: bool) -> dict[str, torch.Tensor]:
+        """One gradient step: V → balance → α → universal actor → Q → Polyak. Returns detached scalars (no device
+        sync here; the caller converts them when it logs)."""
+        args, info = self.args, {}
+        obs, act, rew, next_obs, mask = batch["obs"], batch["act"], batch["rew"], batch["next_obs"], batch["mask"]
+        B = len(obs)
+        with torch.no_grad():
+            q_targ = self.q_target(obs, act).min(0).values  # min(Q1_targ, Q2_targ)(s, a)
+            # β for the universal-actor loss, drawn with start-of-step parameters (before the balance step)
+            if not self.adaptive:
+                beta = self.fixed_beta(B)
+            elif online:
+                beta = self.balance.rsample(obs)[0]
+            else:
+                beta = args.beta_lo + (args.beta_hi - args.beta_lo) * torch.rand(B, device=self.device)
+            if args.base == "awac":  # next action for the TD target, from start-of-step actor and balance model
+                next_beta = self.acting_beta(next_obs)
+                next_act = self.actor.rsample(next_obs, encode_beta(next_beta)).clamp(-1.0, 1.0)
+                next_v = self.q_target(next_obs, next_act).min(0).values
+                baseline = self.q_target(obs, self.actor.rsample(obs, encode_beta(beta))).min(0).values
+                adv = q_targ - baseline
+
+        # 1) V by expectile regression (IQL)
+        if args.base == "iql":
+            v = self.value(obs)
+            value_loss = expectile_loss(q_targ - v, args.expectile)
+            self.value_opt.zero_grad(set_to_none=True)
+            value_loss.backward()
+            self.value_opt.step()
+            with torch.no_grad():  # V_new feeds both the advantage and the Q target
+                v_new = self.value(obs)
+                adv = q_targ - v_new
+                next_v = self.value(next_obs)
+            info["value_loss"], info["v_values"] = value_loss.detach(), v.mean().detach()
+
+        # 2) balance model, 3) temperature α (with the α and log-probs of step 2)
+        if self.adaptive:
+            b_loss, logp, b_beta = self.balance_loss(obs)
+            self.balance_opt.zero_grad(set_to_none=True)
+            b_loss.backward(inputs=list(self.balance.parameters()))
+            self.balance_opt.step()
+            entropy = -logp.mean()
+            alpha_loss = self.log_alpha.exp() * (entropy - args.target_entropy)
+            self.alpha_opt.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_opt.step()
+            info.update(
+                balance_loss=b_loss.detach(),
+                balance_entropy=entropy.detach(),
+                alpha=self.log_alpha.exp().detach(),
+                alpha_loss=alpha_loss.detach(),
+                balance_beta_mean=b_beta.mean().detach(),
+            )
+
+        # 4) universal actor: advantage-weighted regression on dataset actions, conditioned on enc(β_j)
+        weights = advantage_weights(beta, adv, args.weight_mode, args.weight_clip)
+        log_prob = self.actor.log_prob(obs, encode_beta(beta), act)
+        actor_loss = -(weights * log_prob).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_opt.step()
+
+        # 5) twin Q towards r + γ·mask·V_new(s') (IQL) or r + γ·mask·min Q_targ(s', a') (AWAC)
+        y = rew + args.gamma * mask * next_v
+        q = self.q(obs, act)
+        q_loss = (q - y.unsqueeze(0)).pow(2).sum(0).mean()
+        self.q_opt.zero_grad(set_to_none=True)
+        q_loss.backward()
+        self.q_opt.step()
+
+        # 6) Polyak
+        with torch.no_grad():
+            for p, pt in zip(self.q.parameters(), self.q_target.parameters()):
+                pt.lerp_(p, args.tau)
+
+        info.update(
+            actor_loss=actor_loss.detach(),
+            qf_loss=q_loss.detach(),
+            qf1_values=q[0].mean().detach(),
+            qf2_values=q[1].mean().detach(),
+            advantage=adv.mean().detach(),
+            adv_weight=weights.mean().detach(),
+            actor_beta_mean=beta.mean().detach(),
+            actor_std=self.actor.log_std.clamp(-5, 2).exp().mean().detach(),
+        )
+        return info
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation, scores, logging, summary
+# ----------------------------------------------------------------------------------------------
+def normalized_score(dataset: minari.MinariDataset, mean_return: float) -> Optional[float]:
+    """D4RL-style score ×100, or None when the dataset has no reference scores."""
+    try:
+        return 100.0 * float(minari.get_normalized_score(dataset, np.array([mean_return]))[0])
+    except ValueError:
+        return None
+
+
+def evaluate(env: gym.Env, act: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int) -> np.ndarray:
+    """Returns of `episodes` episodes acting with `act` (deterministic), seeded for reproducibility."""
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        done, ret = False, 0.0
+        while not done:
+            obs, r, terminated, truncated, _ = env.step(act(obs))
+            ret += float(r)
+            done = terminated or truncated
+        returns.append(ret)
+    return np.array(returns)
+
+
+class RunLogger:
+    """TensorBoard writer + evaluation record. Tags are `{phase}/{CleanRL tag}`: `offline/*` curves are
+    indexed by gradient steps, `online/*` curves by environment steps."""
+
+    def __init__(self, args, run_dir: str):
+        self.run_dir, self.args, self.start = run_dir, args, time.time()
+        self.writer = SummaryWriter(run_dir)
+        self.writer.add_text(
+            "hyperparameters",
+            "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()),
+        )
+        self.evals: list[dict] = []
+
+    def scalar(self, phase: str, tag: str, value: float, step: int):
+        self.writer.add_scalar(f"{phase}/{tag}", value, step)
+
+    def eval(self, phase: str, step: int, returns: np.ndarray, score: Optional[float], **extra):
+        self.scalar(phase, "eval/episodic_return", float(returns.mean()), step)
+        if score is not None:
+            self.scalar(phase, "eval/normalized_score", score, step)
+        self.evals.append(
+            dict(
+                phase=phase,
+                step=step,
+                mean_return=float(returns.mean()),
+                std_return=float(returns.std()),
+                normalized_score=score,
+                wall_time=time.time() - self.start,
+                **extra,
+            )
+        )
+        print(
+            f"[{phase}] step {step}: return {returns.mean():.1f} ± {returns.std():.1f}"
+            + (f" | normalized score {score:.1f}" if score is not None else "")
+            + "".join(f" | {k} {v:.2f}" for k, v in extra.items() if isinstance(v, float)),
+            flush=True,
+        )
+
+    def summary(self, **extra) -> dict:
+        """Write summary.json atomically (tmp file + rename) and return it."""
+        out = dict(
+            args=asdict(self.args),
+            seed=self.args.seed,
+            dataset_id=self.args.dataset_id,
+            wall_time=time.time() - self.start,
+            evaluations=self.evals,
+            **extra,
+        )
+        for phase in ("offline", "online"):
+            ev = [e for e in self.evals if e["phase"] == phase]
+            key = "normalized_score" if ev and ev[-1]["normalized_score"] is not None else "mean_return"
+            out[phase] = (
+                None
+                if not ev
+                else dict(
+                    final_score=ev[-1][key],
+                    best_score=max(e[key] for e in ev),
+                    metric=key,
+                    final_return=ev[-1]["mean_return"],
+                    best_return=max(e["mean_return"] for e in ev),
+                )
+            )
+        tmp = os.path.join(self.run_dir, "summary.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(out, f, indent=2)
+        os.replace(tmp, os.path.join(self.run_dir, "summary.json"))
+        self.writer.close()
+        return out
+
+
+def seed_everything(seed: int, torch_deterministic: bool):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = torch_deterministic
+
+
+def fail(msg: str):
+    """Clear error to stderr and a non-zero exit, before anything is written."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def validate(args: Args):
+    """Reject impossible flags before anything is loaded or written."""
+    choices = dict(base=BASES, balance=BALANCES, weight_mode=WEIGHT_MODES, reward_scale_mode=REWARD_SCALE_MODES)
+    for name, allowed in choices.items():
+        if getattr(args, name) not in allowed:
+            fail(f"--{name.replace('_', '-')} {getattr(args, name)!r} is unknown; choose one of {', '.join(allowed)}")
+    if not args.beta_lo < args.beta_hi:
+        fail(f"the β range needs --beta-lo < --beta-hi, got [{args.beta_lo}, {args.beta_hi}]")
+    if args.beta_lo < 0 or args.fixed_beta < 0:
+        fail("β is an inverse temperature: --beta-lo and --fixed-beta must be ≥ 0")
+    for name in ("offline_steps", "online_steps"):
+        if getattr(args, name) < 0:
+            fail(f"--{name.replace('_', '-')} must be ≥ 0")
+    for name in ("eval_freq", "eval_episodes", "batch_size", "hidden_dim", "buffer_size", "log_freq"):
+        if getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be ≥ 1")
+    if not 0.0 < args.expectile < 1.0:
+        fail("--expectile must be in (0, 1)")
+    if not 0.0 <= args.gamma <= 1.0 or not 0.0 < args.tau <= 1.0:
+        fail("--gamma must be in [0, 1] and --tau in (0, 1]")
+    if args.weight_clip <= 0 or args.init_alpha <= 0:
+        fail("--weight-clip and --init-alpha must be > 0")
+
+
+class BetaStats:
+    """Record of the β the agent acts with, logged as mean/std/histogram so the balance model's choices show."""
+
+    def __init__(self, lo: float, hi: float, bins: int = 10):
+        self.edges = np.linspace(lo, hi, bins + 1)
+        self.values: list[float] = []
+
+    def add(self, betas):
+        self.values.extend(np.asarray(betas, dtype=np.float64).ravel().tolist())
+
+    def flush(self) -> Optional[dict]:
+        if not self.values:
+            return None
+        v = np.array(self.values)
+        self.values = []
+        hist = np.histogram(np.clip(v, self.edges[0], self.edges[-1]), bins=self.edges)[0]
+        return dict(
+            mean=float(v.mean()),
+            std=float(v.std()),
+            min=float(v.min()),
+            max=float(v.max()),
+            histogram=hist.tolist(),
+            bin_edges=self.edges.round(4).tolist(),
+            raw=v,
+        )
+
+
+def log_beta(log: RunLogger, phase: str, step: int, stats: Optional[dict], prefix: str) -> Optional[dict]:
+    """`{phase}/{prefix}/beta_mean|beta_std` scalars and a `{phase}/{prefix}/beta` histogram; `prefix` is `eval`
+    (β chosen in deterministic evaluation) or `charts` (β the agent acted with while collecting online data)."""
+    if stats is None:
+        return None
+    raw = stats.pop("raw")
+    log.scalar(phase, f"{prefix}/beta_mean", stats["mean"], step)
+    log.scalar(phase, f"{prefix}/beta_std", stats["std"], step)
+    log.writer.add_histogram(f"{phase}/{prefix}/beta", raw, step)
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------
+def main(args: Args) -> dict:
+    validate(args)
+    try:  # load data BEFORE creating the run dir, so bad input leaves nothing behind
+        dataset = load_minari_dataset(args.dataset_id, args.download)
+        data = dataset_to_transitions(dataset)
+        eval_env = make_eval_env(dataset)
+        r_scale, r_shift = reward_transform(data, args.reward_scale_mode)
+    except DatasetError as e:
+        fail(str(e))
+    if not isinstance(dataset.action_space, gym.spaces.Box) or not np.all(np.isfinite(dataset.action_space.low)):
+        fail("the action space must be a bounded Box")
+    run_name = f"{args.dataset_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = args.run_dir or os.path.join("runs", run_name)
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=vars(args),
+            name=run_name,
+            save_code=True,
+        )
+    seed_everything(args.seed, args.torch_deterministic)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    log = RunLogger(args, run_dir)
+
+    # actions live in [-1, 1] for the networks; the env gets them mapped back to its Box
+    low, high = dataset.action_space.low.astype(np.float32), dataset.action_space.high.astype(np.float32)
+    a_center, a_half = (high + low) / 2.0, (high - low) / 2.0
+    to_env = lambda a: (a_center + a_half * a).astype(dataset.action_space.dtype)  # noqa: E731
+    obs_dim, act_dim = data["observations"].shape[1], data["actions"].shape[1]
+    n_data = len(data["rewards"])
+    buffer = ReplayBuffer(obs_dim, act_dim, max(n_data, min(args.buffer_size, n_data + args.online_steps)), device)
+    data_act = np.clip((data["actions"] - a_center) / a_half, -1.0 + 1e-5, 1.0 - 1e-5)
+    buffer.add_batch(data["observations"], data_act, data["rewards"], data["next_observations"], data["terminals"])
+    agent = FamO2O(obs_dim, act_dim, args, device)
+    print(
+        f"FamO2O+{args.base.upper()} ({args.balance} β in [{args.beta_lo}, {args.beta_hi}], weight {args.weight_mode})"
+        f" on {args.dataset_id}: {n_data} transitions, reward ×{r_scale:.4g} {r_shift:+g}, device {device}",
+        flush=True,
+    )
+
+    def sample() -> dict[str, torch.Tensor]:
+        b = buffer.sample(args.batch_size)
+        b["rew"] = b["rew"] * r_scale + r_shift
+        return b
+
+    eval_seed = args.seed * 1_000 + 100_000
+
+    eval_time = {"offline": 0.0, "online": 0.0}  # kept out of the throughput numbers
+
+    def run_eval(phase: str, step: int) -> dict:
+        te = time.time()
+        stats = BetaStats(args.beta_lo, args.beta_hi)
+
+        def policy(o):
+            a, beta = agent.act(o, deterministic=True)
+            stats.add(beta)
+            return to_env(a)
+
+        returns = evaluate(eval_env, policy, args.eval_episodes, eval_seed)
+        s = log_beta(log, phase, step, stats.flush(), "eval")
+        log.eval(
+            phase,
+            step,
+            returns,
+            normalized_score(dataset, float(returns.mean())),
+            eval_beta_mean=s["mean"],
+            eval_beta_std=s["std"],
+        )
+        eval_time[phase] += time.time() - te
+        return s
+
+    def log_losses(phase: str, step: int, info: dict):
+        for k, v in info.items():
+            log.scalar(phase, f"losses/{k}", float(v), step)
+
+    # ---------------- offline phase: β uniform in [β_lo, β_hi] for the actor ----------------
+    beta_summary: dict = {}
+    t0 = time.time()
+    for step in range(1, args.offline_steps + 1):
+        info = agent.update(sample(), online=False)
+        if step % args.log_freq == 0:
+            log_losses("offline", step, info)
+            sps = step / (time.time() - t0)
+            log.scalar("offline", "charts/SPS", sps, step)
+            if step % (10 * args.log_freq) == 0:
+                print(
+                    f"[offline] step {step}/{args.offline_steps}: {sps:.0f} grad steps/s, "
+                    f"actor loss {float(info['actor_loss']):.3f}, Q {float(info['qf1_values']):.1f}",
+                    flush=True,
+                )
+        if step % args.eval_freq == 0 or step == args.offline_steps:
+            beta_summary["offline_final_eval"] = run_eval("offline", step)
+    offline_time = time.time() - t0
+
+    # ---------------- online phase: β for the actor sampled from π_b, one env step + one update ----------------
+    t1 = time.time()
+    online_updates = 0
+    if args.online_steps > 0:
+        env = dataset.recover_environment()
+        if not isinstance(env.observation_space, gym.spaces.Box):
+            env = gym.wrappers.FlattenObservation(env)
+        env.action_space.seed(args.seed)
+        obs, _ = env.reset(seed=args.seed)
+        ep_ret, ep_len, acting = 0.0, 0, BetaStats(args.beta_lo, args.beta_hi)
+        for step in range(1, args.online_steps + 1):
+            a, beta = agent.act(obs, deterministic=False)
+            acting.add(beta)
+            next_obs, r, terminated, truncated, _ = env.step(to_env(a))
+            buffer.add_batch(obs[None], a[None], [r], next_obs[None], [float(terminated)])
+            ep_ret, ep_len = ep_ret + float(r), ep_len + 1
+            obs = next_obs
+            if terminated or truncated:
+                log.scalar("online", "charts/episodic_return", ep_ret, step)
+                log.scalar("online", "charts/episodic_length", ep_len, step)
+                obs, _ = env.reset()
+                ep_ret, ep_len = 0.0, 0
+            info = agent.update(sample(), online=True)
+            online_updates += 1
+            if step % args.log_freq == 0:
+                log_losses("online", step, info)
+                sps = step / (time.time() - t1)
+                log.scalar("online", "charts/SPS", sps, step)
+                if step % (10 * args.log_freq) == 0:
+                    print(f"[online] step {step}/{args.online_steps}: {sps:.0f} env+grad steps/s", flush=True)
+            if step % args.eval_freq == 0 or step == args.online_steps:
+                s = log_beta(log, "online", step, acting.flush(), "charts")
+                if s is not None:
+                    beta_summary["online_acting_last_window"] = s
+                beta_summary["online_final_eval"] = run_eval("online", step)
+        env.close()
+    online_time = time.time() - t1
+
+    if args.save_model:
+        torch.save(
+            dict(
+                actor=agent.actor.state_dict(),
+                balance=agent.balance.state_dict(),
+                q=agent.q.state_dict(),
+                q_target=agent.q_target.state_dict(),
+                value=agent.value.state_dict() if agent.value else None,
+                log_alpha=agent.log_alpha.detach().cpu(),
+            ),
+            os.path.join(run_dir, f"{args.exp_name}.cleanrl_model"),
+        )
+    if args.capture_video:
+        try:
+            venv = gym.wrappers.RecordVideo(
+                make_eval_env(dataset, render_mode="rgb_array"), os.path.join(run_dir, "videos"), disable_logger=True
+            )
+            evaluate(venv, lambda o: to_env(agent.act(o, deterministic=True)[0]), 1, eval_seed)
+            venv.close()
+        except Exception as e:  # a missing renderer must not lose the run's results
+            print(f"warning: video capture failed ({type(e).__name__}: {e})", file=sys.stderr)
+    summary = log.summary(
+        base=args.base,
+        balance=args.balance,
+        reward_scale=r_scale,
+        reward_shift=r_shift,
+        offline_gradient_steps=args.offline_steps,
+        online_env_steps=args.online_steps,
+        online_gradient_steps=online_updates,
+        stage_times=dict(
+            offline=offline_time, online=online_time, offline_eval=eval_time["offline"], online_eval=eval_time["online"]
+        ),
+        throughput=dict(
+            offline_grad_steps_per_s=args.offline_steps / (offline_time - eval_time["offline"])
+            if args.offline_steps
+            else None,
+            online_steps_per_s=args.online_steps / (online_time - eval_time["online"]) if args.online_steps else None,
+        ),
+        beta=beta_summary,
+    )
+    eval_env.close()
+    return summary
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
