@@ -1,0 +1,1061 @@
+"""Off2On: balanced replay + pessimistic Q-ensemble (Lee, Seo, Lee, Abbeel, Shin, CoRL 2021) — single-file PyTorch.
+
+Paper: Offline-to-Online Reinforcement Learning via Balanced Replay and Pessimistic Q-Ensemble,
+https://arxiv.org/abs/2107.00591
+Official code: https://github.com/shlee94/Off2OnRL (fine-tuning only; read for facts, nothing copied)
+Spec: ../shared/research/off2on.md
+
+The method, offline and online, in this one file:
+1. Offline: N (default 5) CQL(H) agents, each a tanh-Gaussian SAC actor and twin critics (2x256 MLPs), trained together
+   as stacked ensembles, each member on its own minibatches from its own initialization.
+2. Online: the N actors are fused by moment matching into one tanh-Gaussian; all N x 2 critics are kept. Member i's
+   target is its own clipped double-Q at a next action shared by all members; the actor maximizes the ensemble mean of
+   the per-member min-Q. Plain SAC losses (no CQL term), α re-initialized to 1, fresh optimizers.
+3. Balanced replay: RL minibatches are drawn proportionally to priorities over offline + online data. A density-ratio
+   net w_ψ(s,a) ≈ d_online/d_offline, trained with a Jensen-Shannon variational loss, sets the priorities
+   clamp(w^{1/T} / mean_offline w^{1/T}, 1e-3, 1e3) of every sampled transition at every step.
+
+Symbols follow the paper and spec: N ensemble size, α SAC temperature, α_cql CQL weight, w_ψ density ratio,
+T priority temperature, f `init_online_fraction`.
+
+Deviations from the paper / official code:
+- The official release has no offline code, only CQL checkpoints for halfcheetah-medium. The offline phase here follows
+  the official CQL recipe the spec infers (CQL(H), 10 uniform + 10 current-policy + 10 next-policy actions, fixed
+  α_cql=5, deterministic backup, BC warm-up, policy lr 1e-4) on the checkpoints' 2x256 networks. The CQL log-sum-exp
+  temperature is fixed to 1 (the recipe's value), not a flag.
+- Each offline member tunes its own α (as separate CQL runs would); online there is one α for the fused actor.
+- Members are seeded from one generator (stacked init, per-member random indices) instead of separate runs with
+  seeds 4i+s.
+- Default offline budget is CPU-sized (20k gradient steps); the paper's budget is `--offline-steps 1000000`. On one CPU
+  thread a default offline step (5 members, batch 256, 30 CQL actions per state) takes about 1.3 s and an online step
+  about 0.09 s; the paper's budget wants a GPU. The BC
+  warm-up defaults to 4% of the offline steps, which is the official 40k at 1M.
+- The BC warm-up log-likelihood needs atanh of dataset actions: they are clipped to ±(1-1e-4) there (official CQL:
+  1-1e-6), which bounds the pull of saturated actions. Log-probs of policy samples never use atanh.
+- Networks see actions rescaled to [-1, 1] (D4RL MuJoCo actions already are); the environment gets them rescaled back.
+  Log-probs and the entropy target −|A| live in the [-1, 1] space.
+- Prioritized sampling uses a float64 priority vector with cumsum + searchsorted (exact proportional stratified
+  sampling) instead of a float32 sum tree, so small priorities are not lost next to a large total. Capacity is
+  |D| + online steps (the official power of two never overwrites either). Duplicate indices in one update keep one of
+  their (equally fresh) values instead of strictly the last.
+- One Adam with parameter groups replaces the separate Adams (Q1 stack, Q2 stack, actor, α, w_ψ); Adam is elementwise,
+  so this is the same update. All losses use pre-update parameters, as in the official single forward pass.
+- Evaluation runs `eval_episodes` complete deterministic episodes at the first epoch boundary at or after each
+  multiple of `eval_freq` environment steps and at the end (official: 5000 steps before every epoch). The evaluation
+  right before online training is the final offline evaluation, so it is not repeated as an online one.
+- The offline phase is evaluated with the fused policy, i.e. the policy that starts fine-tuning.
+- Online episodes end at the environment's own time limit (a truncation, bootstrapped), like the official max path
+  length on the unwrapped env. Epoch length and first-epoch multiplier are flags; the multiplier scales the first
+  epoch's gradient steps only.
+- Defaults follow the official README demo where it overrides the code: `first_epoch_multiplier` 5 (code: 10),
+  `init_online_fraction` 0.75 (code: 0.5).
+- The three buffers (offline, online FIFO, prioritized) share one storage: offline rows first, online rows appended;
+  the FIFO is the most recent `online_buffer_size` online rows.
+- Ablations as flags: `--replay uniform` (uniform over offline + online), `--replay online-only`, `--ensemble-size`,
+  `--online-cql` (keep the CQL term online), `--cql-lagrange` (Lagrange-tuned α_cql).
+"""
+
+import json
+import math
+import os
+import random
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Literal, Optional
+
+import gymnasium as gym
+import minari
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # log σ clamp of rlkit's TanhGaussianPolicy, also applied to the fused σ
+EPS = 1e-10  # inside the JS logs and the priority normaliser
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available (CPU otherwise)"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases (wandb must be installed)"""
+    wandb_project_name: str = "o2o"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to capture videos of the final evaluation episode (into the run directory's `videos/`)"""
+    save_model: bool = False
+    """save the offline ensemble (`offline_ensemble.pt`, reusable with --load-offline) and the final model"""
+    run_dir: Optional[str] = None
+    """where logs, checkpoints and summary.json go (default: runs/{run_name})"""
+    dataset_id: str = "o2o/pendulum/medium-replay-v0"
+    """Minari dataset id: a local one (see `python benchmark/make_datasets.py`) or a remote one with --download"""
+    download: bool = False
+    """fetch the dataset from Minari's remote server when it is not on the local disk"""
+    offline_steps: int = 20_000
+    """offline gradient steps per member, all members at once (paper: 1_000_000; 0 skips the offline phase)"""
+    online_steps: int = 20_000
+    """number of online environment steps (paper: 250_000; 0 skips the online phase)"""
+    eval_freq: int = 5_000
+    """evaluate every this many steps (gradient steps offline, environment steps online, at epoch boundaries)"""
+    eval_episodes: int = 10
+    """number of deterministic evaluation episodes"""
+    batch_size: int = 256
+    """minibatch size (per member offline; the RL batch online)"""
+    # ---- shared networks and SAC ----
+    ensemble_size: int = 5
+    """N, the number of CQL agents / Q-ensemble members"""
+    hidden_dim: int = 256
+    """width of the 2 hidden layers of every network"""
+    gamma: float = 0.99
+    """discount γ"""
+    tau: float = 0.005
+    """Polyak rate τ of the target critics (every step)"""
+    q_lr: float = 3e-4
+    """critic learning rate (both phases)"""
+    log_freq: int = 100
+    """log losses every this many gradient steps"""
+    # ---- offline phase: CQL(H) ----
+    offline_policy_lr: float = 1e-4
+    """actor and α learning rate offline (official CQL recipe)"""
+    cql_alpha: float = 5.0
+    """α_cql, the weight of the CQL(H) regulariser (10.0 for narrow data)"""
+    cql_n_actions: int = 10
+    """actions sampled per source (uniform, current policy, next policy) in the CQL log-sum-exp"""
+    cql_lagrange: bool = False
+    """tune α_cql by dual gradient descent towards `cql_target_gap` (official CQL's Lagrange variant)"""
+    cql_target_gap: float = 10.0
+    """target of log-sum-exp minus data Q with --cql-lagrange"""
+    bc_steps: Optional[int] = None
+    """offline BC warm-up steps of the actor (default: 4% of offline_steps = official 40k of 1M)"""
+    load_offline: Optional[str] = None
+    """path of an `offline_ensemble.pt` saved with --save-model: skips offline training"""
+    # ---- online phase ----
+    policy_lr: float = 3e-4
+    """actor and α learning rate online"""
+    epoch_env_steps: int = 1000
+    """environment steps collected per online epoch"""
+    epoch_grad_steps: int = 1000
+    """gradient steps per online epoch (after the epoch's collection)"""
+    first_epoch_multiplier: int = 5
+    """the first epoch does this many times epoch_grad_steps (official default 10, README demo 5)"""
+    online_cql: bool = False
+    """ablation: keep the CQL term online (the paper fine-tunes with plain SAC)"""
+    # ---- balanced replay ----
+    replay: Literal["balanced", "uniform", "online-only"] = "balanced"
+    """RL minibatches: balanced (density-ratio priorities), uniform over offline+online, or online data only"""
+    temperature: float = 5.0
+    """T: priorities use w^{1/T}"""
+    init_online_fraction: float = 0.75
+    """f: the first epoch_env_steps online transitions start with this share of the priority mass (README demo 0.75)"""
+    weight_net_lr: float = 3e-4
+    """learning rate of the density-ratio net w_ψ"""
+    weight_net_batch_size: int = 256
+    """online and offline samples each, per density-ratio step"""
+    online_buffer_size: int = 250_000
+    """capacity of the online FIFO the density-ratio net reads its online samples from"""
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: Minari dataset -> transitions. Errors raise DatasetError; __main__ turns them into exit 2.
+# ----------------------------------------------------------------------------------------------
+class DatasetError(ValueError):
+    """Bad dataset input: the message says what was wrong and what to do."""
+
+
+def load_minari_dataset(dataset_id: str, download: bool = False) -> minari.MinariDataset:
+    """Load a local Minari dataset, or download it first when `download` is set."""
+    local = minari.list_local_datasets()
+    if dataset_id not in local:
+        if not download:
+            names = ", ".join(sorted(local)) or "none"
+            raise DatasetError(
+                f"dataset '{dataset_id}' is not on the local disk "
+                f"(MINARI_DATASETS_PATH={os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')}).\n"
+                f"  local datasets: {names}\n"
+                "  build the project's local datasets with `python benchmark/make_datasets.py`, "
+                "or pass --download to fetch a remote Minari dataset."
+            )
+        remote = os.environ.get("MINARI_REMOTE", "hf://farama-minari")
+        host = {"hf": "huggingface.co", "gcp": "storage.googleapis.com"}.get(remote.split("://")[0])
+        try:  # fail fast (huggingface_hub would retry for ~30 s) when there is no network
+            if host:
+                socket.create_connection((host, 443), timeout=5).close()
+        except OSError as e:
+            raise DatasetError(
+                f"cannot download '{dataset_id}': Minari's remote {remote} is unreachable ({host}: {e}).\n"
+                "  on a machine with a network, run again with --download; here, use a local dataset "
+                "such as o2o/pendulum/medium-v0 (build them with `python benchmark/make_datasets.py`)."
+            ) from e
+        try:
+            minari.download_dataset(dataset_id)
+        except Exception as e:  # no network, unknown remote id, missing minari[hf]
+            raise DatasetError(
+                f"could not download '{dataset_id}' from Minari's remote: {type(e).__name__}: {e}\n"
+                "  check the id with `minari list remote` on a machine with a network, or use a local dataset "
+                "such as o2o/pendulum/medium-v0 (build them with `python benchmark/make_datasets.py`)."
+            ) from e
+    try:
+        return minari.load_dataset(dataset_id)
+    except Exception as e:
+        raise DatasetError(
+            f"dataset '{dataset_id}' exists but could not be read ({type(e).__name__}: {e}); "
+            f"it may be corrupted: delete it with `minari delete {dataset_id}` and build or download it again."
+        ) from e
+
+
+def _flatten_obs(space: gym.Space, obs) -> np.ndarray:
+    """Stack an episode's observations as (T, obs_dim); Dict/Tuple of Boxes are flattened in the
+    order gymnasium's FlattenObservation uses, so dataset and environment agree."""
+    if isinstance(space, gym.spaces.Box):
+        return np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
+    if isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)):
+        keys = space.spaces.keys() if isinstance(space, gym.spaces.Dict) else range(len(space.spaces))
+        return np.concatenate([_flatten_obs(space.spaces[k], obs[k]) for k in keys], axis=1)
+    raise DatasetError(f"observation space {space} is not supported: only Box, or Dict/Tuple of Boxes")
+
+
+def dataset_to_transitions(dataset: minari.MinariDataset) -> dict[str, np.ndarray]:
+    """(s, a, r, s', terminal) arrays from the episodes: s = obs[:-1], s' = obs[1:]; only terminations
+    cut the bootstrap (truncations do not). `episode_ends` marks each episode's last transition."""
+    if not isinstance(dataset.action_space, gym.spaces.Box):
+        raise DatasetError(f"action space {dataset.action_space} is not continuous (Box); these algorithms need Box")
+    parts: dict[str, list] = {
+        k: [] for k in ("observations", "actions", "rewards", "next_observations", "terminals", "episode_ends")
+    }
+    for ep in dataset.iterate_episodes():
+        obs = _flatten_obs(dataset.observation_space, ep.observations)
+        n = len(ep.rewards)
+        parts["observations"].append(obs[:-1])
+        parts["next_observations"].append(obs[1:])
+        parts["actions"].append(np.asarray(ep.actions, dtype=np.float32).reshape(n, -1))
+        parts["rewards"].append(np.asarray(ep.rewards, dtype=np.float32))
+        parts["terminals"].append(np.asarray(ep.terminations, dtype=np.float32))
+        ends = np.zeros(n, dtype=bool)
+        ends[-1] = True
+        parts["episode_ends"].append(ends)
+    data = {k: np.concatenate(v) for k, v in parts.items()}
+    for k, v in data.items():
+        if v.dtype != bool and not np.isfinite(v).all():
+            raise DatasetError(f"dataset '{dataset.spec.dataset_id}' holds NaN or inf in '{k}'; rebuild or clean it")
+    return data
+
+
+def make_eval_env(dataset: minari.MinariDataset) -> gym.Env:
+    """The dataset's evaluation environment, checked against the dataset's spaces."""
+    try:
+        env = dataset.recover_environment(eval_env=True)
+    except Exception as e:
+        raise DatasetError(
+            f"could not build the environment of '{dataset.spec.dataset_id}': {type(e).__name__}: {e}"
+        ) from e
+    if env.observation_space != dataset.observation_space or env.action_space != dataset.action_space:
+        raise DatasetError(
+            f"dataset '{dataset.spec.dataset_id}' does not match its environment {env.spec.id if env.spec else env}: "
+            f"observation space {dataset.observation_space} vs {env.observation_space}, "
+            f"action space {dataset.action_space} vs {env.action_space}"
+        )
+    if not isinstance(env.observation_space, gym.spaces.Box):
+        env = gym.wrappers.FlattenObservation(env)
+    return env
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation, scores, logging, summary
+# ----------------------------------------------------------------------------------------------
+def normalized_score(dataset: minari.MinariDataset, mean_return: float) -> Optional[float]:
+    """D4RL-style score ×100, or None when the dataset has no reference scores."""
+    try:
+        return 100.0 * float(minari.get_normalized_score(dataset, np.array([mean_return]))[0])
+    except ValueError:
+        return None
+
+
+def evaluate(env: gym.Env, act: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int) -> np.ndarray:
+    """Returns of `episodes` episodes acting with `act` (deterministic), seeded for reproducibility."""
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        done, ret = False, 0.0
+        while not done:
+            obs, r, terminated, truncated, _ = env.step(act(obs))
+            ret += float(r)
+            done = terminated or truncated
+        returns.append(ret)
+    return np.array(returns)
+
+
+class RunLogger:
+    """TensorBoard writer + evaluation record. Tags are `{phase}/{CleanRL tag}`: `offline/*` curves are
+    indexed by gradient steps, `online/*` curves by environment steps."""
+
+    def __init__(self, args, run_dir: str):
+        self.run_dir, self.args, self.start = run_dir, args, time.time()
+        self.writer = SummaryWriter(run_dir)
+        self.writer.add_text(
+            "hyperparameters",
+            "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()),
+        )
+        self.evals: list[dict] = []
+
+    def scalar(self, phase: str, tag: str, value: float, step: int):
+        self.writer.add_scalar(f"{phase}/{tag}", value, step)
+
+    def eval(self, phase: str, step: int, returns: np.ndarray, score: Optional[float]):
+        self.scalar(phase, "eval/episodic_return", float(returns.mean()), step)
+        if score is not None:
+            self.scalar(phase, "eval/normalized_score", score, step)
+        self.evals.append(
+            dict(
+                phase=phase,
+                step=step,
+                mean_return=float(returns.mean()),
+                std_return=float(returns.std()),
+                normalized_score=score,
+                wall_time=time.time() - self.start,
+            )
+        )
+        print(
+            f"[{phase}] step {step}: return {returns.mean():.1f} ± {returns.std():.1f}"
+            + (f" | normalized score {score:.1f}" if score is not None else ""),
+            flush=True,
+        )
+
+    def summary(self, **extra) -> dict:
+        """Write summary.json atomically (tmp file + rename) and return it."""
+        out = dict(
+            args=asdict(self.args),
+            seed=self.args.seed,
+            dataset_id=self.args.dataset_id,
+            wall_time=time.time() - self.start,
+            evaluations=self.evals,
+            **extra,
+        )
+        for phase in ("offline", "online"):
+            ev = [e for e in self.evals if e["phase"] == phase]
+            key = "normalized_score" if ev and ev[-1]["normalized_score"] is not None else "mean_return"
+            out[phase] = (
+                None
+                if not ev
+                else dict(
+                    final_score=ev[-1][key],
+                    best_score=max(e[key] for e in ev),
+                    metric=key,
+                    final_return=ev[-1]["mean_return"],
+                    best_return=max(e["mean_return"] for e in ev),
+                )
+            )
+        tmp = os.path.join(self.run_dir, "summary.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(out, f, indent=2)
+        os.replace(tmp, os.path.join(self.run_dir, "summary.json"))
+        self.writer.close()
+        return out
+
+
+def seed_everything(seed: int, torch_deterministic: bool):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = torch_deterministic
+
+
+def fail(msg: str):
+    """Clear error to stderr and a non-zero exit, before anything is written."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Networks: stacked ensembles, x of shape (E, B, in) -> (E, B, out) with one batched matmul per layer
+# ----------------------------------------------------------------------------------------------
+class VectorizedLinear(nn.Module):
+    """E independent linear layers: weight (E, in, out), bias (E, 1, out)."""
+
+    def __init__(self, ensemble: int, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(ensemble, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(ensemble, 1, out_features))
+
+    def forward(self, x: torch.Tensor, detach: bool = False) -> torch.Tensor:
+        # `detach` reads the parameters without building a graph to them: the actor's Q-term must not move the critic
+        w, b = (self.weight.detach(), self.bias.detach()) if detach else (self.weight, self.bias)
+        return torch.baddbmm(b, x, w)
+
+
+class VectorizedMLP(nn.Module):
+    """E independent ReLU MLPs with `layers` hidden layers. Hidden layers: fan-in uniform weights and bias 0.1 (rlkit);
+    output layer U(±last_init), or its bias filled with `last_bias` (the density-ratio net starts at w ≈ 1)."""
+
+    def __init__(self, ensemble, in_dim, out_dim, hidden=256, layers=2, last_init=3e-3, last_bias=None):
+        super().__init__()
+        dims = [in_dim] + [hidden] * layers
+        self.hidden = nn.ModuleList(VectorizedLinear(ensemble, i, o) for i, o in zip(dims[:-1], dims[1:]))
+        self.last = VectorizedLinear(ensemble, hidden, out_dim)
+        with torch.no_grad():
+            for layer in self.hidden:
+                bound = 1.0 / math.sqrt(layer.in_features)
+                layer.weight.uniform_(-bound, bound)
+                layer.bias.fill_(0.1)
+            self.last.weight.uniform_(-last_init, last_init)
+            if last_bias is None:
+                self.last.bias.uniform_(-last_init, last_init)
+            else:
+                self.last.bias.fill_(last_bias)
+
+    def forward(self, x: torch.Tensor, detach: bool = False) -> torch.Tensor:
+        for layer in self.hidden:
+            x = F.relu(layer(x, detach))
+        return self.last(x, detach)
+
+
+class ActorEnsemble(nn.Module):
+    """N tanh-Gaussian SAC actors; one output layer holds both the mean and the log σ head of each member."""
+
+    def __init__(self, n: int, obs_dim: int, act_dim: int, hidden: int = 256):
+        super().__init__()
+        self.net = VectorizedMLP(n, obs_dim, 2 * act_dim, hidden, last_init=1e-3)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """obs (N, B, obs_dim) -> pre-tanh mean μ_i and log σ_i, each (N, B, act_dim)."""
+        mu, log_std = self.net(obs).chunk(2, dim=-1)
+        return mu, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+
+class CriticEnsemble(nn.Module):
+    """N members x twin critics stacked as 2N nets: [Q1_0..Q1_{N-1}, Q2_0..Q2_{N-1}]."""
+
+    def __init__(self, n: int, obs_dim: int, act_dim: int, hidden: int = 256):
+        super().__init__()
+        self.n = n
+        self.net = VectorizedMLP(2 * n, obs_dim + act_dim, 1, hidden, last_init=3e-3)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor, detach: bool = False) -> torch.Tensor:
+        """obs (N, *batch, obs_dim), act (N, *batch, act_dim); member i's two critics read row i.
+        Returns (2, N, *batch): Q1 and Q2 of every member."""
+        x = torch.cat([obs, act], dim=-1)
+        batch_shape = x.shape[1:-1]
+        x = x.reshape(self.n, -1, x.shape[-1]).repeat(2, 1, 1)
+        return self.net(x, detach).view(2, self.n, *batch_shape)
+
+
+def density_ratio_net(obs_dim: int, act_dim: int, hidden: int = 256) -> VectorizedMLP:
+    """w_ψ(s, a): one MLP; the output bias starts at 1 so w ≈ 1 (apply ReLU to the output)."""
+    return VectorizedMLP(1, obs_dim + act_dim, 1, hidden, last_init=3e-3, last_bias=1.0)
+
+
+def density_ratio(w_net: VectorizedMLP, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """w_ψ(s, a) ≥ 0 for (B, ·) inputs -> (B,)."""
+    return F.relu(w_net(torch.cat([obs, act], dim=-1).unsqueeze(0))).view(-1)
+
+
+def js_density_ratio_loss(w_online: torch.Tensor, w_offline: torch.Tensor) -> torch.Tensor:
+    """Variational Jensen-Shannon f-divergence loss whose minimiser is w* = d_online / d_offline
+    (online samples are the numerator, offline ones the denominator)."""
+    return -torch.log(2.0 / (w_offline + 1.0) + EPS).mean() - torch.log(2.0 * w_online / (w_online + 1.0) + EPS).mean()
+
+
+# ----------------------------------------------------------------------------------------------
+# Tanh-Gaussian policies: per-member and moment-matched (fused)
+# ----------------------------------------------------------------------------------------------
+def fuse_moments(mu: torch.Tensor, log_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Moment matching of N pre-tanh Gaussians (dim 0): μ = mean μ_i, σ² = mean(σ_i² + μ_i²) − μ², σ clamped."""
+    mean = mu.mean(0)
+    var = (torch.exp(2 * log_std) + mu**2).mean(0) - mean**2
+    std = var.clamp_min(math.exp(2 * LOG_STD_MIN)).sqrt().clamp_max(math.exp(LOG_STD_MAX))
+    return mean, std
+
+
+def tanh_normal_sample(mu: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reparameterised a = tanh(z), z ~ N(μ, σ); log π(a) from z (no atanh), summed over action dims."""
+    eps = torch.randn_like(mu)
+    z = mu + std * eps
+    # log|d tanh(z)/dz| = 2 (log 2 − z − softplus(−2z)), stable for large |z|
+    log_prob = -0.5 * eps**2 - torch.log(std) - 0.5 * math.log(2 * math.pi) - 2 * (math.log(2) - z - F.softplus(-2 * z))
+    return torch.tanh(z), log_prob.sum(-1)
+
+
+def bc_log_prob(mu: torch.Tensor, std: torch.Tensor, action: torch.Tensor, clip: float = 1e-4) -> torch.Tensor:
+    """log π(a|s) of dataset actions in [-1, 1] for the BC warm-up (the only atanh, of clipped data actions)."""
+    a = action.clamp(-1 + clip, 1 - clip)
+    z = torch.atanh(a)
+    log_prob = -0.5 * ((z - mu) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi) - torch.log1p(-(a**2))
+    return log_prob.sum(-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Replay: one storage (offline data first, then every online transition), three ways to sample it
+# ----------------------------------------------------------------------------------------------
+class ReplayStorage:
+    """Preallocated tensors. Rows [0, n_offline) are the dataset, then online transitions are appended (never
+    overwritten: capacity is n_offline + online steps). The online FIFO is the last `online_buffer_size` online rows."""
+
+    KEYS = ("obs", "act", "rew", "next_obs", "term")
+
+    def __init__(self, data: dict[str, np.ndarray], capacity: int, act_scale, act_bias, device):
+        self.device, self.n_offline = device, len(data["rewards"])
+        self.act_scale = torch.as_tensor(act_scale, dtype=torch.float32, device=device)
+        self.act_bias = torch.as_tensor(act_bias, dtype=torch.float32, device=device)
+        obs_dim, act_dim = data["observations"].shape[1], data["actions"].shape[1]
+        self.t = {
+            "obs": torch.zeros(capacity, obs_dim, device=device),
+            "act": torch.zeros(capacity, act_dim, device=device),
+            "rew": torch.zeros(capacity, device=device),
+            "next_obs": torch.zeros(capacity, obs_dim, device=device),
+            "term": torch.zeros(capacity, device=device),
+        }
+        src = dict(
+            obs=data["observations"],
+            act=data["actions"],
+            rew=data["rewards"],
+            next_obs=data["next_observations"],
+            term=data["terminals"],
+        )
+        for k in self.KEYS:
+            self.t[k][: self.n_offline] = torch.as_tensor(src[k], dtype=torch.float32, device=device)
+        # networks see actions in [-1, 1]
+        self.t["act"][: self.n_offline] = ((self.t["act"][: self.n_offline] - self.act_bias) / self.act_scale).clamp(
+            -1, 1
+        )
+        self.size = self.n_offline
+
+    def add(self, obs, act_unit, rew, next_obs, term):
+        """Append online transitions (numpy arrays, actions already in [-1, 1])."""
+        n = len(rew)
+        for k, v in zip(self.KEYS, (obs, act_unit, rew, next_obs, term)):
+            self.t[k][self.size : self.size + n] = torch.as_tensor(
+                np.asarray(v), dtype=torch.float32, device=self.device
+            )
+        self.size += n
+
+    def get(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: v[idx] for k, v in self.t.items()}
+
+    def offline_indices(self, shape) -> torch.Tensor:
+        return torch.randint(0, self.n_offline, shape, device=self.device)
+
+    def online_indices(self, n: int, fifo: int) -> torch.Tensor:
+        lo = max(self.n_offline, self.size - fifo)
+        return torch.randint(lo, self.size, (n,), device=self.device)
+
+
+class ProportionalSampler:
+    """Proportional, stratified prioritized sampling over float64 priorities: cumsum + searchsorted
+    (the sum tree's semantics, vectorized). Every leaf holds at least 1e-3 after the clamp, and a right-sided search
+    never lands on a zero-mass leaf, so no batch needs redrawing."""
+
+    def __init__(self, capacity: int, device):
+        self.p = torch.zeros(capacity, dtype=torch.float64, device=device)
+        self.size = 0
+        self.max_p = torch.ones((), dtype=torch.float64, device=device)  # running max = insertion priority
+
+    def add(self, n: int):
+        self.p[self.size : self.size + n] = self.max_p
+        self.size += n
+
+    def sample(self, batch: int) -> torch.Tensor:
+        cdf = torch.cumsum(self.p[: self.size], 0)
+        total = cdf[-1]
+        u = (
+            torch.arange(batch, device=cdf.device, dtype=torch.float64)
+            + torch.rand(batch, device=cdf.device, dtype=torch.float64)
+        ) / batch
+        idx = torch.searchsorted(cdf, u * total, right=True)
+        return idx.clamp_max(self.size - 1)
+
+    def update(self, idx: torch.Tensor, priority: torch.Tensor):
+        priority = priority.to(torch.float64)
+        self.p[idx] = priority
+        self.max_p = torch.maximum(self.max_p, priority.max())
+
+
+# ----------------------------------------------------------------------------------------------
+# Update steps
+# ----------------------------------------------------------------------------------------------
+def cql_gap(critic, obs, q_data, mu, std, next_mu, next_std, n_actions):
+    """CQL(H) per critic: importance-sampled log-sum-exp over uniform, current-policy and next-policy actions
+    (each minus its log density), minus the data Q. obs (N, B, ·); q_data (2, N, B); returns (2, N)."""
+    n, b, act_dim = mu.shape
+    with torch.no_grad():
+        rand_a = torch.rand(n, b, n_actions, act_dim, device=obs.device) * 2 - 1
+        rand_logp = torch.full((n, b, n_actions), -act_dim * math.log(2.0), device=obs.device)
+        expand = lambda x: x.unsqueeze(2).expand(n, b, n_actions, act_dim)  # noqa: E731
+        curr_a, curr_logp = tanh_normal_sample(expand(mu), expand(std))
+        next_a, next_logp = tanh_normal_sample(expand(next_mu), expand(next_std))
+        actions = torch.cat([rand_a, curr_a, next_a], dim=2)
+        log_density = torch.cat([rand_logp, curr_logp, next_logp], dim=2)
+    obs_rep = obs.unsqueeze(2).expand(n, b, 3 * n_actions, obs.shape[-1])
+    q_sampled = critic(obs_rep, actions)  # (2, N, B, 3K); Q at s for next-state actions, as in CQL
+    lse = torch.logsumexp(q_sampled - log_density, dim=-1)
+    return lse.mean(-1) - q_data.mean(-1)
+
+
+def cql_penalty(args, gap, log_alpha_prime):
+    """α_cql · gap, or its Lagrange form α' (α_cql · gap − τ_gap) with α' from dual descent (official CQL)."""
+    if not args.cql_lagrange:
+        return args.cql_alpha * gap.sum(), gap.new_zeros(())
+    alpha_prime = log_alpha_prime.exp().clamp(0.0, 1e6)  # (N,)
+    term = args.cql_alpha * gap - args.cql_target_gap  # (2, N)
+    return (alpha_prime.detach() * term).sum(), -(alpha_prime * term.detach()).mean(0).sum()
+
+
+def soft_update(target: nn.Module, source: nn.Module, tau: float):
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+def offline_update(args, agent, opt, batch, bc: bool) -> dict:
+    """One CQL(H) step of all N members at once; batch tensors are (N, B, ·), one minibatch per member."""
+    actor, critic, critic_target = agent["actor"], agent["critic"], agent["critic_target"]
+    obs, act, rew, next_obs, term = (batch[k] for k in ReplayStorage.KEYS)
+    act_dim = act.shape[-1]
+    mu, log_std = actor(obs)
+    std = log_std.exp()
+    pi_a, pi_logp = tanh_normal_sample(mu, std)  # (N, B, A), (N, B)
+    log_alpha = agent["log_alpha"]  # (N,): one α per member
+    alpha = log_alpha.exp().detach()
+    alpha_loss = -(log_alpha[:, None] * (pi_logp.detach() - act_dim)).mean(1).sum()  # target entropy −|A|
+    if bc:
+        actor_loss = (alpha[:, None] * pi_logp - bc_log_prob(mu, std, act)).mean(1).sum()
+    else:
+        q_pi = critic(obs, pi_a, detach=True).min(0).values
+        actor_loss = (alpha[:, None] * pi_logp - q_pi).mean(1).sum()
+
+    with torch.no_grad():
+        next_mu, next_log_std = actor(next_obs)
+        next_std = next_log_std.exp()
+        next_a, _ = tanh_normal_sample(next_mu, next_std)
+        # deterministic backup: no entropy bonus in the offline target
+        target_q = critic_target(next_obs, next_a).min(0).values
+        y = rew + args.gamma * (1 - term) * target_q  # (N, B)
+    q_data = critic(obs, act)  # (2, N, B)
+    td_loss = ((q_data - y) ** 2).mean(-1).sum()
+    gap = cql_gap(critic, obs, q_data, mu.detach(), std.detach(), next_mu, next_std, args.cql_n_actions)
+    cql_loss, alpha_prime_loss = cql_penalty(args, gap, agent["log_alpha_prime"])
+
+    opt.zero_grad(set_to_none=True)
+    (td_loss + cql_loss + actor_loss + alpha_loss + alpha_prime_loss).backward()
+    opt.step()
+    soft_update(critic_target, critic, args.tau)
+    return dict(
+        qf_loss=td_loss.detach() / (2 * args.ensemble_size),
+        cql_gap=gap.detach().mean(),
+        qf_values=q_data.detach().mean(),
+        actor_loss=actor_loss.detach() / args.ensemble_size,
+        alpha=alpha.mean(),
+        alpha_loss=alpha_loss.detach() / args.ensemble_size,
+        alpha_prime=agent["log_alpha_prime"].detach().exp().mean(),
+    )
+
+
+def fused_policy(actor: ActorEnsemble, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """obs (B, obs_dim) -> moment-matched pre-tanh μ, σ (B, act_dim) over the N actors."""
+    n = actor.net.last.weight.shape[0]
+    mu, log_std = actor(obs.unsqueeze(0).expand(n, *obs.shape))
+    return fuse_moments(mu, log_std)
+
+
+def online_update(args, agent, opt, batch, w_batches) -> tuple[dict, Optional[torch.Tensor]]:
+    """One SAC step of the fused actor and all N x 2 critics on the RL batch (B, ·), plus one density-ratio step.
+    Returns the logged stats and, under balanced replay, the new priorities of the RL batch."""
+    actor, critic, critic_target = agent["actor"], agent["critic"], agent["critic_target"]
+    n = args.ensemble_size
+    obs, act, rew, next_obs, term = (batch[k] for k in ReplayStorage.KEYS)
+    rep = lambda x: x.unsqueeze(0).expand(n, *x.shape)  # noqa: E731  same batch for every member
+    mu, std = fused_policy(actor, obs)
+    pi_a, pi_logp = tanh_normal_sample(mu, std)
+    log_alpha = agent["log_alpha"]  # a single α online
+    alpha = log_alpha.exp().detach()
+    alpha_loss = -(log_alpha * (pi_logp.detach() - act.shape[-1])).mean()
+    q_pi = critic(rep(obs), rep(pi_a), detach=True).min(0).values.mean(0)  # ensemble mean of per-member min-Q
+    actor_loss = (alpha * pi_logp - q_pi).mean()
+
+    with torch.no_grad():
+        next_mu, next_std = fused_policy(actor, next_obs)
+        next_a, next_logp = tanh_normal_sample(next_mu, next_std)  # one a' shared by all members
+        target_q = critic_target(rep(next_obs), rep(next_a)).min(0).values  # (N, B): each member's own clipped Q
+        y = rew + args.gamma * (1 - term) * (target_q - alpha * next_logp)
+    q_data = critic(rep(obs), rep(act))
+    td_loss = ((q_data - y) ** 2).mean(-1).sum()
+    loss = td_loss + actor_loss + alpha_loss
+    stats = dict(
+        qf_loss=td_loss.detach() / (2 * n),
+        qf_values=q_data.detach().mean(),
+        actor_loss=actor_loss.detach(),
+        alpha=alpha,
+        alpha_loss=alpha_loss.detach(),
+    )
+    if args.online_cql:
+        gap = cql_gap(critic, rep(obs), q_data, rep(mu.detach()), rep(std.detach()), rep(next_mu), rep(next_std),
+                      args.cql_n_actions)  # fmt: skip
+        cql_loss, alpha_prime_loss = cql_penalty(args, gap, agent["log_alpha_prime"])
+        loss = loss + cql_loss + alpha_prime_loss
+        stats["cql_gap"] = gap.detach().mean()
+
+    priority = None
+    if w_batches is not None:
+        on, off = w_batches
+        w_on = density_ratio(agent["w_net"], on["obs"], on["act"])
+        w_off = density_ratio(agent["w_net"], off["obs"], off["act"])
+        w_loss = js_density_ratio_loss(w_on, w_off)
+        loss = loss + w_loss
+        with torch.no_grad():  # priorities from ψ before this step's update
+            w_rl = density_ratio(agent["w_net"], obs, act)
+            normaliser = (w_off.detach() ** (1 / args.temperature)).mean() + EPS
+            priority = (w_rl ** (1 / args.temperature) / normaliser).clamp(1e-3, 1e3)
+        stats.update(
+            density_ratio_loss=w_loss.detach(),
+            density_ratio_online=w_on.detach().mean(),
+            density_ratio_offline=w_off.detach().mean(),
+            priority_mean=priority.mean(),
+        )
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    soft_update(critic_target, critic, args.tau)
+    return stats, priority
+
+
+# ----------------------------------------------------------------------------------------------
+# Agent construction, checkpoints
+# ----------------------------------------------------------------------------------------------
+def make_agent(args, obs_dim: int, act_dim: int, device) -> dict:
+    n = args.ensemble_size
+    actor = ActorEnsemble(n, obs_dim, act_dim, args.hidden_dim).to(device)
+    critic = CriticEnsemble(n, obs_dim, act_dim, args.hidden_dim).to(device)
+    critic_target = CriticEnsemble(n, obs_dim, act_dim, args.hidden_dim).to(device)
+    critic_target.load_state_dict(critic.state_dict())
+    critic_target.requires_grad_(False)
+    return dict(
+        actor=actor,
+        critic=critic,
+        critic_target=critic_target,
+        log_alpha=torch.zeros(n, device=device, requires_grad=True),
+        log_alpha_prime=torch.zeros(n, device=device, requires_grad=True),
+    )
+
+
+def checkpoint_meta(args, env_id: str, obs_dim: int, act_dim: int) -> dict:
+    return dict(
+        format="off2on-offline-ensemble-v1",
+        env_id=env_id,
+        dataset_id=args.dataset_id,
+        obs_dim=obs_dim,
+        act_dim=act_dim,
+        ensemble_size=args.ensemble_size,
+        hidden_dim=args.hidden_dim,
+    )
+
+
+def load_offline_checkpoint(path: str, expected: dict) -> dict:
+    """Read and check a saved offline ensemble; DatasetError-style message on any mismatch."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"--load-offline: no such file '{path}'")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        meta = ckpt["meta"]
+    except Exception as e:
+        raise DatasetError(f"--load-offline: '{path}' is not an off2on offline checkpoint ({type(e).__name__}: {e})")
+    if meta.get("format") != expected["format"]:
+        raise DatasetError(f"--load-offline: '{path}' has format {meta.get('format')!r}, expected {expected['format']}")
+    for key in ("env_id", "obs_dim", "act_dim", "ensemble_size", "hidden_dim"):
+        if meta.get(key) != expected[key]:
+            raise DatasetError(
+                f"--load-offline: '{path}' was trained with {key}={meta.get(key)!r} but this run has "
+                f"{key}={expected[key]!r} (checkpoint dataset: {meta.get('dataset_id')}); "
+                "pre-train for this environment and ensemble size, or pass matching flags."
+            )
+    if meta["dataset_id"] != expected["dataset_id"]:
+        print(
+            f"warning: offline ensemble was trained on {meta['dataset_id']}, fine-tuning uses {expected['dataset_id']}"
+        )
+    return ckpt
+
+
+def validate(args: Args):
+    checks = [
+        (args.offline_steps >= 0, "--offline-steps must be >= 0"),
+        (args.online_steps >= 0, "--online-steps must be >= 0"),
+        (args.eval_freq > 0, "--eval-freq must be > 0"),
+        (args.eval_episodes > 0, "--eval-episodes must be > 0"),
+        (args.batch_size > 0, "--batch-size must be > 0"),
+        (args.ensemble_size >= 1, "--ensemble-size must be >= 1"),
+        (args.hidden_dim >= 1, "--hidden-dim must be >= 1"),
+        (0.0 <= args.gamma <= 1.0, "--gamma must be in [0, 1]"),
+        (0.0 < args.tau <= 1.0, "--tau must be in (0, 1]"),
+        (args.log_freq > 0, "--log-freq must be > 0"),
+        (args.cql_alpha >= 0.0, "--cql-alpha must be >= 0"),
+        (args.cql_n_actions >= 1, "--cql-n-actions must be >= 1"),
+        (args.bc_steps is None or args.bc_steps >= 0, "--bc-steps must be >= 0"),
+        (args.epoch_env_steps >= 1, "--epoch-env-steps must be >= 1"),
+        (args.epoch_grad_steps >= 0, "--epoch-grad-steps must be >= 0"),
+        (args.first_epoch_multiplier >= 1, "--first-epoch-multiplier must be >= 1"),
+        (args.temperature > 0.0, "--temperature must be > 0"),
+        (0.0 < args.init_online_fraction < 1.0, "--init-online-fraction must be in (0, 1)"),
+        (args.weight_net_batch_size > 0, "--weight-net-batch-size must be > 0"),
+        (args.online_buffer_size > 0, "--online-buffer-size must be > 0"),
+        (min(args.q_lr, args.policy_lr, args.offline_policy_lr, args.weight_net_lr) > 0, "learning rates must be > 0"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            fail(msg)
+
+
+# ----------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------
+def main(args: Args) -> dict:
+    validate(args)
+    # data, environment and checkpoint checks happen before the run directory exists
+    try:
+        dataset = load_minari_dataset(args.dataset_id, args.download)
+        data = dataset_to_transitions(dataset)
+        eval_env = make_eval_env(dataset)
+        env_id = eval_env.spec.id if eval_env.spec else str(dataset.spec.env_spec)
+        obs_dim, act_dim = data["observations"].shape[1], data["actions"].shape[1]
+        meta = checkpoint_meta(args, env_id, obs_dim, act_dim)
+        ckpt = load_offline_checkpoint(args.load_offline, meta) if args.load_offline else None
+    except DatasetError as e:
+        fail(str(e))
+    space = eval_env.action_space
+    if not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
+        fail(f"action space {space} is unbounded; a tanh policy needs finite bounds")
+    act_scale, act_bias = (space.high - space.low) / 2.0, (space.high + space.low) / 2.0
+
+    run_name = f"{args.dataset_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = args.run_dir or os.path.join("runs", run_name)
+    os.makedirs(run_dir, exist_ok=True)
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=vars(args),
+            name=run_name,
+            save_code=True,
+        )
+    seed_everything(args.seed, args.torch_deterministic)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    log = RunLogger(args, run_dir)
+    print(f"off2on: {args.dataset_id} ({len(data['rewards'])} transitions), N={args.ensemble_size}, device {device}")
+
+    storage = ReplayStorage(data, len(data["rewards"]) + args.online_steps, act_scale, act_bias, device)
+    agent = make_agent(args, obs_dim, act_dim, device)
+    act_scale_t = torch.as_tensor(act_scale, dtype=torch.float32, device=device)
+    act_bias_t = torch.as_tensor(act_bias, dtype=torch.float32, device=device)
+
+    @torch.no_grad()
+    def act_deterministic(obs: np.ndarray) -> np.ndarray:
+        mu, _ = fused_policy(agent["actor"], torch.as_tensor(obs, dtype=torch.float32, device=device).view(1, -1))
+        return (torch.tanh(mu) * act_scale_t + act_bias_t).view(-1).cpu().numpy()
+
+    def run_eval(phase: str, step: int) -> float:
+        returns = evaluate(eval_env, act_deterministic, args.eval_episodes, seed=args.seed + 10_000)
+        score = normalized_score(dataset, float(returns.mean()))
+        log.eval(phase, step, returns, score)
+        return score if score is not None else float(returns.mean())
+
+    # ---------------- offline phase: N CQL(H) agents ----------------
+    t0 = time.time()
+    offline_done = 0
+    if ckpt is not None:
+        agent["actor"].load_state_dict(ckpt["actor"])
+        agent["critic"].load_state_dict(ckpt["critic"])
+        agent["critic_target"].load_state_dict(ckpt["critic_target"])
+        offline_done = int(ckpt["offline_steps"])
+        print(f"loaded offline ensemble from {args.load_offline} ({offline_done} gradient steps); skipping training")
+        run_eval("offline", offline_done)
+    elif args.offline_steps > 0:
+        bc_steps = args.bc_steps if args.bc_steps is not None else int(0.04 * args.offline_steps)
+        opt = torch.optim.Adam(
+            [
+                dict(params=agent["actor"].parameters(), lr=args.offline_policy_lr),
+                dict(params=[agent["log_alpha"]], lr=args.offline_policy_lr),
+                dict(params=agent["critic"].parameters(), lr=args.q_lr),
+                dict(params=[agent["log_alpha_prime"]], lr=args.q_lr),
+            ]
+        )
+        t_sps, eval_time = time.time(), 0.0
+        for step in range(1, args.offline_steps + 1):
+            batch = storage.get(storage.offline_indices((args.ensemble_size, args.batch_size)))
+            stats = offline_update(args, agent, opt, batch, bc=step <= bc_steps)
+            if step % args.log_freq == 0:
+                for k, v in stats.items():
+                    log.scalar("offline", f"losses/{k}", float(v), step)
+                sps = args.log_freq / (time.time() - t_sps)
+                log.scalar("offline", "charts/SPS", sps, step)
+                t_sps = time.time()
+                if step % (10 * args.log_freq) == 0:
+                    print(
+                        f"[offline] step {step}/{args.offline_steps}: qf_loss {float(stats['qf_loss']):.3f} "
+                        f"cql_gap {float(stats['cql_gap']):.2f} Q {float(stats['qf_values']):.1f} {sps:.1f} steps/s",
+                        flush=True,
+                    )
+            if step % args.eval_freq == 0 or step == args.offline_steps:
+                t_eval = time.time()
+                run_eval("offline", step)
+                eval_time += time.time() - t_eval
+                t_sps += time.time() - t_eval
+        offline_grad_time = time.time() - t0 - eval_time
+        offline_done = args.offline_steps
+    offline_time = time.time() - t0
+    if args.save_model and ckpt is None and offline_done > 0:
+        path = os.path.join(run_dir, "offline_ensemble.pt")
+        state = {k: agent[k].state_dict() for k in ("actor", "critic", "critic_target")}
+        torch.save(dict(meta=meta, offline_steps=offline_done, **state), path)
+        print(f"saved offline ensemble to {path} (reuse it with --load-offline {path})")
+
+    # ---------------- online phase: fused actor, N x 2 critics, balanced replay ----------------
+    t1 = time.time()
+    env_steps = grad_steps = 0
+    last_epoch_stats: dict = {}  # the last epoch's mean losses and replay statistics, for the summary
+    online_grad_time = 0.0
+    if args.online_steps > 0:
+        n_off = storage.n_offline
+        # fresh α = 1 and fresh optimizers at the boundary
+        agent["log_alpha"] = torch.zeros((), device=device, requires_grad=True)
+        agent["log_alpha_prime"] = torch.zeros(args.ensemble_size, device=device, requires_grad=True)
+        agent["w_net"] = density_ratio_net(obs_dim, act_dim, args.hidden_dim).to(device)
+        opt = torch.optim.Adam(
+            [
+                dict(params=agent["actor"].parameters(), lr=args.policy_lr),
+                dict(params=[agent["log_alpha"]], lr=args.policy_lr),
+                dict(params=agent["critic"].parameters(), lr=args.q_lr),
+                dict(params=[agent["log_alpha_prime"]], lr=args.q_lr),
+                dict(params=agent["w_net"].parameters(), lr=args.weight_net_lr),
+            ]
+        )
+        sampler = ProportionalSampler(storage.n_offline + args.online_steps, device)
+        sampler.add(n_off)  # offline leaves at 1.0
+        # the first epoch's online transitions hold a fraction f of the mass (reference count 1000 as official)
+        f = args.init_online_fraction
+        sampler.max_p.fill_(n_off * f / ((1 - f) * 1000))
+        env = dataset.recover_environment()
+        if not isinstance(env.observation_space, gym.spaces.Box):
+            env = gym.wrappers.FlattenObservation(env)
+        env.action_space.seed(args.seed)
+        if log.evals and log.evals[-1]["normalized_score"] is not None:  # the curve starts at the offline policy
+            log.scalar("online", "eval/normalized_score", log.evals[-1]["normalized_score"], 0)
+        next_eval, epoch, first_reset = args.eval_freq, 0, True
+        while env_steps < args.online_steps:
+            if env_steps >= next_eval:  # deterministic evaluation before the epoch's training
+                run_eval("online", env_steps)
+                next_eval += args.eval_freq * ((env_steps - next_eval) // args.eval_freq + 1)
+            # collect: a fresh reset each epoch, stochastic fused policy
+            n_collect = min(args.epoch_env_steps, args.online_steps - env_steps)
+            obs, _ = env.reset(seed=args.seed) if first_reset else env.reset()
+            first_reset, ep_ret, ep_len = False, 0.0, 0
+            rows = {k: [] for k in ReplayStorage.KEYS}
+            for _ in range(n_collect):
+                with torch.no_grad():
+                    mu, std = fused_policy(
+                        agent["actor"], torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
+                    )
+                    a_unit = tanh_normal_sample(mu, std)[0].view(-1)
+                a_env = (a_unit * act_scale_t + act_bias_t).cpu().numpy()
+                next_obs, r, terminated, truncated, _ = env.step(a_env)
+                for k, v in zip(ReplayStorage.KEYS, (obs, a_unit.cpu().numpy(), r, next_obs, float(terminated))):
+                    rows[k].append(v)
+                env_steps += 1
+                ep_ret, ep_len = ep_ret + float(r), ep_len + 1
+                obs = next_obs
+                if terminated or truncated:
+                    log.scalar("online", "charts/episodic_return", ep_ret, env_steps)
+                    log.scalar("online", "charts/episodic_length", ep_len, env_steps)
+                    obs, _ = env.reset()
+                    ep_ret, ep_len = 0.0, 0
+            storage.add(*(np.stack(rows[k]) for k in ReplayStorage.KEYS))
+            sampler.add(n_collect)
+            # train: update-to-data ratio 1, a longer first epoch
+            n_grad = args.epoch_grad_steps * (args.first_epoch_multiplier if epoch == 0 else 1)
+            t_grad, sums = time.time(), {}
+            for _ in range(n_grad):
+                if args.replay == "balanced":
+                    idx = sampler.sample(args.batch_size)
+                    w_batches = (
+                        storage.get(storage.online_indices(args.weight_net_batch_size, args.online_buffer_size)),
+                        storage.get(storage.offline_indices((args.weight_net_batch_size,))),
+                    )
+                elif args.replay == "uniform":
+                    idx, w_batches = torch.randint(0, storage.size, (args.batch_size,), device=device), None
+                else:
+                    idx, w_batches = torch.randint(n_off, storage.size, (args.batch_size,), device=device), None
+                stats, priority = online_update(args, agent, opt, storage.get(idx), w_batches)
+                if priority is not None:
+                    sampler.update(idx, priority)
+                stats["online_fraction"] = (idx >= n_off).float().mean()
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                grad_steps += 1
+            online_grad_time += time.time() - t_grad
+            if n_grad > 0:
+                means = last_epoch_stats = {k: float(v) / n_grad for k, v in sums.items()}
+                for k, v in means.items():
+                    group = "replay" if k.startswith(("density", "priority", "online_fraction")) else "losses"
+                    log.scalar("online", f"{group}/{k}", v, env_steps)
+                if args.replay == "balanced":
+                    log.scalar("online", "replay/max_priority", float(sampler.max_p), env_steps)
+                gsps = n_grad / max(time.time() - t_grad, 1e-9)
+                log.scalar("online", "charts/SPS", env_steps / (time.time() - t1), env_steps)
+                log.scalar("online", "charts/grad_steps_per_second", gsps, env_steps)
+                w_line = (
+                    f" | w online {means['density_ratio_online']:.2f} offline {means['density_ratio_offline']:.2f}"
+                    if "density_ratio_online" in means
+                    else ""
+                )
+                print(
+                    f"[online] env step {env_steps}/{args.online_steps}: qf_loss {means['qf_loss']:.3f} "
+                    f"alpha {means['alpha']:.3f} online fraction of RL batch {means['online_fraction']:.2f}"
+                    f"{w_line} | {gsps:.1f} grad steps/s",
+                    flush=True,
+                )
+            epoch += 1
+        run_eval("online", env_steps)
+        env.close()
+    online_time = time.time() - t1
+
+    if args.capture_video:
+        video_env = gym.wrappers.RecordVideo(
+            dataset.recover_environment(eval_env=True, render_mode="rgb_array"), os.path.join(run_dir, "videos")
+        )
+        evaluate(video_env, act_deterministic, 1, seed=args.seed + 20_000)
+        video_env.close()
+    if args.save_model:
+        path = os.path.join(run_dir, f"{args.exp_name}.pt")
+        state = {k: agent[k].state_dict() for k in ("actor", "critic", "critic_target")}
+        if "w_net" in agent:
+            state["w_net"] = agent["w_net"].state_dict()
+        torch.save(dict(meta=meta, **state), path)
+    eval_env.close()
+    trained_offline = ckpt is None and args.offline_steps > 0
+    return log.summary(
+        offline_gradient_steps=offline_done,
+        offline_loaded_from=args.load_offline,
+        online_env_steps=env_steps,
+        online_gradient_steps=grad_steps,
+        stage_times=dict(offline=offline_time, online=online_time),
+        offline_gradient_steps_per_second=(args.offline_steps / offline_grad_time) if trained_offline else None,
+        online_gradient_steps_per_second=(grad_steps / online_grad_time) if grad_steps else None,
+        online_last_epoch=last_epoch_stats or None,
+        device=str(device),
+    )
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
