@@ -210,7 +210,9 @@ def load_minari_dataset(dataset_id: str, download: bool = False) -> minari.Minar
                 "such as o2o/pendulum/medium-v0 (build them with `python benchmark/make_datasets.py`)."
             ) from e
     try:
-        return minari.load_dataset(dataset_id)
+        dataset = minari.load_dataset(dataset_id)
+        dataset[0]  # minari reads lazily: open the data now, so a corrupted file is reported here
+        return dataset
     except Exception as e:
         raise DatasetError(
             f"dataset '{dataset_id}' exists but could not be read ({type(e).__name__}: {e}); "

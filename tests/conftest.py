@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmark"))
@@ -16,6 +17,17 @@ sys.path.insert(0, str(ROOT / "algorithms"))
 import make_datasets  # noqa: E402
 
 PENDULUM_EPISODES = 50  # 10k transitions per quality (medium-expert 20k): ~5 s to build all five
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """One torch thread here and in the subprocesses: the tests' small matmuls gain nothing from more, and
+    oversubscribed threads on a busy 2-core machine made runs many times slower."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="session")

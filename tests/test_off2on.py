@@ -15,17 +15,6 @@ from conftest import run_algo, run_cli
 SCRIPT = "algorithms/off2on.py"
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """One torch thread here and in the subprocesses: these small matmuls gain nothing from more, and on a busy
-    machine oversubscribed threads made the runs many times slower."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # ---------------------------------------------------------------- vectorized ensembles
 def test_vectorized_mlp_equals_per_member_loop():
     torch.manual_seed(0)
