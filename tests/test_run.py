@@ -11,25 +11,15 @@ import pytest
 import run
 from conftest import ROOT, run_cli
 
-TINY = "--offline-steps 200 --online-steps 400 --eval-freq 200 --eval-episodes 2"
-# small per-algorithm knobs so a cell takes seconds (the runner passes them through untouched)
-TINY_GRID = [
-    "--preset",
-    "quickstart",
-    "--algorithms",
-    "famo2o",
-    "off2on",
-    "--seeds",
-    "2",
-    f"--extra-flags={TINY} --log-freq 100",
-]
+# the smoke preset's per-algorithm budgets: a few hundred steps, seconds per cell
+TINY_GRID = ["--preset", "smoke", "--algorithms", "famo2o", "off2on", "--seeds", "2"]
 
 
 def test_dry_run_prints_the_commands(minari_root, tmp_path):
     proc = run_cli("benchmark/run.py", *TINY_GRID, "--out", str(tmp_path), "--dry-run", minari_root=minari_root)
     lines = proc.stdout.strip().splitlines()
     assert proc.returncode == 0 and len(lines) == 4
-    assert all("--dataset-id o2o/pendulum/medium-replay-v0" in ln and "--offline-steps 200" in ln for ln in lines)
+    assert all("--dataset-id o2o/pendulum/medium-replay-v0" in ln and "--online-steps 400" in ln for ln in lines)
     assert not (tmp_path / "runs").exists()
 
 
