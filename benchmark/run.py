@@ -75,150 +75,57 @@ class Cell:
 # Uni-O4's 1024-wide Q ~0.4 s on one CPU thread). Each budget was calibrated by the algorithm's learning test.
 SMOKE_BUDGET = {  # seconds per cell: does everything run?
     "uni_o4": (
-        "--value-steps",
-        "200",
-        "--bc-steps",
-        "100",
-        "--offline-steps",
-        "50",
-        "--online-steps",
-        "512",
-        "--num-steps",
-        "256",
-        "--q-hidden-dim",
-        "64",
-        "--v-hidden-dim",
-        "64",
-        "--bc-hidden-dim",
-        "64",
-        "--dyn-hidden-dim",
-        "32",
-        "--dyn-max-epochs",
-        "3",
-        "--ope-freq",
-        "25",
-        "--ope-num-states",
-        "16",
-        "--ope-horizon",
-        "10",
-        "--eval-freq",
-        "256",
-        "--eval-episodes",
-        "2",
+        "--value-steps 200 --bc-steps 100 --offline-steps 50 --online-steps 512 --num-steps 256 "
+        "--q-hidden-dim 64 --v-hidden-dim 64 --bc-hidden-dim 64 --dyn-hidden-dim 32 --dyn-max-epochs 3 "
+        "--ope-freq 25 --ope-num-states 16 --ope-horizon 10 --eval-freq 256 --eval-episodes 2"
     ),
     "off2on": (
-        "--offline-steps",
-        "100",
-        "--online-steps",
-        "400",
-        "--ensemble-size",
-        "2",
-        "--batch-size",
-        "64",
-        "--cql-n-actions",
-        "2",
-        "--epoch-env-steps",
-        "200",
-        "--epoch-grad-steps",
-        "200",
-        "--first-epoch-multiplier",
-        "1",
-        "--eval-freq",
-        "200",
-        "--eval-episodes",
-        "2",
+        "--offline-steps 100 --online-steps 400 --ensemble-size 2 --batch-size 64 --cql-n-actions 2 "
+        "--epoch-env-steps 200 --epoch-grad-steps 200 --first-epoch-multiplier 1 --eval-freq 200 "
+        "--eval-episodes 2"
     ),
-    "famo2o": ("--offline-steps", "200", "--online-steps", "400", "--eval-freq", "200", "--eval-episodes", "2"),
+    "famo2o": "--offline-steps 200 --online-steps 400 --eval-freq 200 --eval-episodes 2",
 }
 PENDULUM_BUDGET = {  # a few minutes per cell on one CPU thread
     "uni_o4": (
-        "--value-steps",
-        "5000",
-        "--q-hidden-dim",
-        "128",
-        "--v-hidden-dim",
-        "128",
-        "--bc-hidden-dim",
-        "64",
-        "--dyn-hidden-dim",
-        "64",
-        "--dyn-max-epochs",
-        "20",
-        "--ope-num-states",
-        "64",
-        "--ope-horizon",
-        "30",
-        "--bc-steps",
-        "1000",
-        "--offline-steps",
-        "300",
-        "--online-steps",
-        "4096",
-        "--eval-freq",
-        "2048",
-        "--eval-episodes",
-        "5",
-        "--value-lr",
-        "1e-3",
-        "--bc-lr",
-        "1e-3",
-        "--gamma",
-        "0.95",
+        "--value-steps 5000 --q-hidden-dim 128 --v-hidden-dim 128 --bc-hidden-dim 64 --dyn-hidden-dim 64 "
+        "--dyn-max-epochs 20 --ope-num-states 64 --ope-horizon 30 --bc-steps 1000 --offline-steps 300 "
+        "--online-steps 4096 --eval-freq 2048 --eval-episodes 5 --value-lr 1e-3 --bc-lr 1e-3 --gamma 0.95"
     ),
     "off2on": (
-        "--ensemble-size",
-        "2",
-        "--batch-size",
-        "64",
-        "--cql-n-actions",
-        "2",
-        "--offline-steps",
-        "3000",
-        "--online-steps",
-        "3000",
-        "--first-epoch-multiplier",
-        "1",
-        "--eval-freq",
-        "1000",
-        "--eval-episodes",
-        "5",
+        "--ensemble-size 2 --batch-size 64 --cql-n-actions 2 --offline-steps 3000 --online-steps 3000 "
+        "--first-epoch-multiplier 1 --eval-freq 1000 --eval-episodes 5"
     ),
-    "famo2o": ("--offline-steps", "3000", "--online-steps", "2000", "--eval-freq", "1000", "--eval-episodes", "5"),
+    "famo2o": "--offline-steps 3000 --online-steps 2000 --eval-freq 1000 --eval-episodes 5",
 }
-# CPU-sized MuJoCo budgets (a few hours per cell on one CPU thread); --full gives the papers' budgets
+# CPU-sized MuJoCo budgets (hours per cell on one CPU thread); --full gives the papers' budgets
 MUJOCO_BUDGET = {
-    "uni_o4": ("--value-steps", "50000", "--bc-steps", "20000", "--offline-steps", "1000", "--online-steps", "100000"),
-    "off2on": ("--offline-steps", "20000", "--online-steps", "50000"),
-    "famo2o": ("--offline-steps", "50000", "--online-steps", "50000"),
+    "uni_o4": "--value-steps 50000 --bc-steps 20000 --offline-steps 1000 --online-steps 100000",
+    "off2on": "--offline-steps 20000 --online-steps 50000",
+    "famo2o": "--offline-steps 50000 --online-steps 50000",
 }
 MUJOCO_FULL_BUDGET = {
-    "uni_o4": (
-        "--value-steps",
-        "2000000",
-        "--bc-steps",
-        "400000",
-        "--offline-steps",
-        "10000",
-        "--online-steps",
-        "1000000",
-    ),
-    "off2on": ("--offline-steps", "1000000", "--online-steps", "250000"),
-    "famo2o": ("--offline-steps", "1000000", "--online-steps", "1000000"),
+    "uni_o4": "--value-steps 2000000 --bc-steps 400000 --offline-steps 10000 --online-steps 1000000",
+    "off2on": "--offline-steps 1000000 --online-steps 250000",
+    "famo2o": "--offline-steps 1000000 --online-steps 1000000",
 }
 # the papers' central claims, each method beside its own baseline (same file, one flag apart)
 ABLATIONS = {
     "off2on": {
-        "balanced": ("--replay", "balanced"),
-        "uniform": ("--replay", "uniform"),
-        "online-only": ("--replay", "online-only"),
+        "balanced": "--replay balanced",
+        "uniform": "--replay uniform",
+        "online-only": "--replay online-only",
     },
     "famo2o": {
-        "iql-adaptive": ("--base", "iql", "--balance", "adaptive"),
-        "iql-fixed": ("--base", "iql", "--balance", "fixed"),
-        "awac-adaptive": ("--base", "awac", "--balance", "adaptive"),
-        "awac-fixed": ("--base", "awac", "--balance", "fixed"),
+        "iql-adaptive": "--base iql --balance adaptive",
+        "iql-fixed": "--base iql --balance fixed",
+        "awac-adaptive": "--base awac --balance adaptive",
+        "awac-fixed": "--base awac --balance fixed",
     },
-    "uni_o4": {"ope-gated": (), "bc-only": ("--offline-steps", "0")},
+    "uni_o4": {
+        "ope-gated": "",
+        "bc-only": "--offline-steps 0",
+    },
 }
 MUJOCO_DATASETS = [
     f"o2o/{e}/{q}-v0"
@@ -253,7 +160,7 @@ class Args:
     ray_address: Optional[str] = None
     """address of an existing Ray cluster ('auto' to find one); default: start a local Ray instance"""
     out: Optional[str] = None
-    """results directory (default results/<preset>)"""
+    """results directory (default benchmark/results/<preset>)"""
     dry_run: bool = False
     """print the commands and exit"""
 
@@ -261,7 +168,7 @@ class Args:
 def build_grid(args: Args) -> list[Cell]:
     seeds = range(args.start_seed, args.start_seed + args.seeds)
     algos = [a for a in ALGORITHMS if a in args.algorithms]
-    variants: dict[str, dict[str, tuple]] = {a: {a: ()} for a in algos}
+    variants: dict[str, dict[str, str]] = {a: {a: ""} for a in algos}
     if args.preset in ("quickstart", "smoke"):
         datasets = ["o2o/pendulum/medium-replay-v0"]
         budget = SMOKE_BUDGET if args.preset == "smoke" else PENDULUM_BUDGET
@@ -273,10 +180,10 @@ def build_grid(args: Args) -> list[Cell]:
     else:
         datasets, budget = REMOTE_DATASETS, MUJOCO_FULL_BUDGET if args.full else MUJOCO_BUDGET
     if args.preset == "minari-remote":
-        budget = {a: (*flags, "--download") for a, flags in budget.items()}
+        budget = {a: flags + " --download" for a, flags in budget.items()}
     datasets = args.datasets or datasets
     return [
-        Cell(a, label, d, s, (*budget[a], *vflags, *shlex.split(args.extra_flags)))
+        Cell(a, label, d, s, tuple(shlex.split(f"{budget[a]} {vflags} {args.extra_flags}")))
         for a in algos
         for label, vflags in variants[a].items()
         for d in datasets
@@ -500,7 +407,7 @@ def main(args: Args) -> int:
             file=sys.stderr,
         )
         return 2
-    out = Path(args.out or ROOT / "results" / args.preset).resolve()
+    out = Path(args.out or ROOT / "benchmark" / "results" / args.preset).resolve()
     cells = build_grid(args)
     todo = [c for c in cells if not (c.run_dir(out) / "summary.json").exists()]
     if args.dry_run:

@@ -26,19 +26,10 @@ def test_dry_run_prints_the_commands(minari_root, tmp_path):
 @pytest.mark.parametrize("launcher", ["local", "ray"])
 def test_tiny_grid(minari_root, tmp_path, launcher):
     out = tmp_path / launcher
-    proc = run_cli(
-        "benchmark/run.py",
-        *TINY_GRID,
-        "--out",
-        str(out),
-        "--launcher",
-        launcher,
-        "--datasets",
-        "o2o/pendulum/medium-replay-v0",
-        "test/pendulum/missing-v0",
-        minari_root=minari_root,
-    )
-    # the cells on the missing dataset fail (exit 1 overall), the others finish
+    # two datasets: the cells on the missing one fail (exit 1 overall), the others finish
+    grid = [*TINY_GRID, "--out", str(out), "--launcher", launcher, "--datasets", "o2o/pendulum/medium-replay-v0",
+            "test/pendulum/missing-v0"]  # fmt: skip
+    proc = run_cli("benchmark/run.py", *grid, minari_root=minari_root)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "FAILED: famo2o test/pendulum/missing-v0 seed 1" in proc.stderr
     assert "is not on the local disk" in proc.stderr  # the failing cell's log is shown
@@ -46,11 +37,8 @@ def test_tiny_grid(minari_root, tmp_path, launcher):
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and {r["label"] for r in rows} == {"famo2o", "off2on"}
     for r in rows:
-        summary = json.loads(
-            (
-                out / "runs" / r["label"] / "o2o_pendulum_medium-replay-v0" / f"seed{r['seed']}" / "summary.json"
-            ).read_text()
-        )
+        run_dir = out / "runs" / r["label"] / "o2o_pendulum_medium-replay-v0" / f"seed{r['seed']}"
+        summary = json.loads((run_dir / "summary.json").read_text())
         assert float(r["offline_final"]) == pytest.approx(summary["offline"]["final_score"])
         assert float(r["online_best"]) == pytest.approx(summary["online"]["best_score"])
     table = (out / "results.md").read_text()
@@ -58,18 +46,7 @@ def test_tiny_grid(minari_root, tmp_path, launcher):
     assert (out / "curves_o2o_pendulum_medium-replay-v0.png").stat().st_size > 10_000
 
     # a second call resumes: the finished cells are skipped, only the failing ones run again
-    again = run_cli(
-        "benchmark/run.py",
-        *TINY_GRID,
-        "--out",
-        str(out),
-        "--launcher",
-        launcher,
-        "--datasets",
-        "o2o/pendulum/medium-replay-v0",
-        "test/pendulum/missing-v0",
-        minari_root=minari_root,
-    )
+    again = run_cli("benchmark/run.py", *grid, minari_root=minari_root)
     assert "8 cells, 4 already done, 4 to run" in again.stdout
 
 
