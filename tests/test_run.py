@@ -29,7 +29,8 @@ def test_tiny_grid(minari_root, tmp_path, launcher):
     # two datasets: the cells on the missing one fail (exit 1 overall), the others finish
     grid = [*TINY_GRID, "--out", str(out), "--launcher", launcher, "--datasets", "o2o/pendulum/medium-replay-v0",
             "test/pendulum/missing-v0"]  # fmt: skip
-    proc = run_cli("benchmark/run.py", *grid, minari_root=minari_root)
+    # a hang guard, not a speed limit: a busy machine can stretch this grid to many minutes
+    proc = run_cli("benchmark/run.py", *grid, minari_root=minari_root, timeout=1800)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "FAILED: famo2o test/pendulum/missing-v0 seed 1" in proc.stderr
     assert "is not on the local disk" in proc.stderr  # the failing cell's log is shown
@@ -46,7 +47,7 @@ def test_tiny_grid(minari_root, tmp_path, launcher):
     assert (out / "curves_o2o_pendulum_medium-replay-v0.png").stat().st_size > 10_000
 
     # a second call resumes: the finished cells are skipped, only the failing ones run again
-    again = run_cli("benchmark/run.py", *grid, minari_root=minari_root)
+    again = run_cli("benchmark/run.py", *grid, minari_root=minari_root, timeout=1800)
     assert "8 cells, 4 already done, 4 to run" in again.stdout
 
 
