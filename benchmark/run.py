@@ -18,6 +18,7 @@ same paths on every node (a shared filesystem), as for any launcher that runs sc
 """
 
 import csv
+import json
 import os
 import shlex
 import shutil
@@ -266,8 +267,6 @@ PHASE_KEYS = ("offline_final", "offline_best", "online_final", "online_best")
 
 def load_results(cells: list[Cell], out: Path) -> list[dict]:
     """One row per finished cell, from its summary.json."""
-    import json
-
     rows = []
     for c in cells:
         path = c.run_dir(out) / "summary.json"

@@ -108,7 +108,7 @@ class Actor(nn.Module):
         return (
             y_t * self.action_scale + self.action_bias,
             log_prob.sum(1, keepdim=True),
-            (torch.tanh(mean) * self.action_scale + self.action_bias),
+            torch.tanh(mean) * self.action_scale + self.action_bias,
         )
 
 

@@ -239,48 +239,18 @@ def test_negative_control_untrained_policy_fails_threshold(minari_root, tmp_path
     assert s["offline"]["final_score"] < OFFLINE_THRESHOLD
 
 
+TINY_RUN = ("--offline-steps", "30", "--online-steps", "30", "--eval-freq", "30", "--eval-episodes", "1")
+
+
 def test_fixed_beta_ablation_and_batch_mean_weight_run(minari_root, tmp_path):
+    fixed = ("--balance", "fixed", "--fixed-beta", "2.0", "--log-freq", "10")
     s = run_algo(
-        SCRIPT,
-        "--dataset-id",
-        DATASET,
-        "--balance",
-        "fixed",
-        "--fixed-beta",
-        "2.0",
-        "--offline-steps",
-        "30",
-        "--online-steps",
-        "30",
-        "--eval-freq",
-        "30",
-        "--eval-episodes",
-        "1",
-        "--log-freq",
-        "10",
-        minari_root=minari_root,
-        run_dir=tmp_path / "fixed",
+        SCRIPT, "--dataset-id", DATASET, *fixed, *TINY_RUN, minari_root=minari_root, run_dir=tmp_path / "fixed"
     )
     assert s["beta"]["online_final_eval"]["std"] == 0.0 and s["beta"]["online_final_eval"]["mean"] == 2.0
+    batch = ("--weight-mode", "batch_mean", "--reward-scale-mode", "none", "--save-model")
     s = run_algo(
-        SCRIPT,
-        "--dataset-id",
-        DATASET,
-        "--weight-mode",
-        "batch_mean",
-        "--reward-scale-mode",
-        "none",
-        "--offline-steps",
-        "30",
-        "--online-steps",
-        "30",
-        "--eval-freq",
-        "30",
-        "--eval-episodes",
-        "1",
-        "--save-model",
-        minari_root=minari_root,
-        run_dir=tmp_path / "batch",
+        SCRIPT, "--dataset-id", DATASET, *batch, *TINY_RUN, minari_root=minari_root, run_dir=tmp_path / "batch"
     )
     assert s["online"] is not None and (tmp_path / "batch" / "famo2o.cleanrl_model").exists()
 
