@@ -223,12 +223,27 @@ def ship_policies(env_name: str, train_dir: str, replay_steps: int = 8) -> dict:
         expert=ckpts[best],
         medium=ckpts[medium],
         replay_sequence=[ckpts[i] for i in picks],
-        command=f"python benchmark/sac.py --env-id "
-        f"{run['env_id']} --total-timesteps {run['args']['total_timesteps']} --seed {run['seed']}",
+        # the run may have been stopped early: its first `steps_trained` steps are what a run of that length
+        # does (no schedule depends on the total), and the checkpoint evaluations draw from torch's RNG, so
+        # the checkpoint frequency is part of the command
+        command=f"python benchmark/sac.py --env-id {run['env_id']} --seed {run['seed']} "
+        f"--total-timesteps {ckpts[-1]['step']} --checkpoint-freq {run['args']['checkpoint_freq']} "
+        f"--checkpoint-dir DIR",
     )
     with open(os.path.join(out, "policies.json"), "w") as f:
         json.dump(meta, f, indent=1)
     return meta
+
+
+def describe(did: str) -> str:
+    """Size and normalized return (×100, mean ± std over episodes) of a local dataset, for the build log."""
+    ds = minari.load_dataset(did)
+    returns = np.array([ep.rewards.sum() for ep in ds.iterate_episodes()])
+    score = 100 * minari.get_normalized_score(ds, returns)
+    return (
+        f"{ds.total_episodes} episodes, {ds.total_steps} transitions, return {returns.mean():.1f}, "
+        f"normalized {score.mean():.1f} ± {score.std():.1f}"
+    )
 
 
 def torch_load_meta(path: str) -> dict:
@@ -389,7 +404,8 @@ def main(args: Args) -> int:
         for quality in args.qualities:
             t0 = time.time()
             status = build(env_name, quality, args.seed, args.overwrite, args.episodes, args.transitions)
-            print(f"{dataset_id(env_name, quality)}: {status} ({time.time() - t0:.1f}s)", flush=True)
+            did = dataset_id(env_name, quality)
+            print(f"{did}: {status} ({time.time() - t0:.1f}s) {describe(did)}", flush=True)
     return 0
 
 

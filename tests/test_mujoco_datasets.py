@@ -18,7 +18,9 @@ def _fake_run(tmp_path, returns):
     for c in ckpts:
         (tmp_path / c["file"]).write_bytes(b"")
     (tmp_path / "checkpoints.json").write_text(
-        json.dumps(dict(env_id="Hopper-v5", seed=1, args=dict(total_timesteps=10_000), checkpoints=ckpts))
+        json.dumps(
+            dict(env_id="Hopper-v5", seed=1, args=dict(total_timesteps=10_000, checkpoint_freq=1000), checkpoints=ckpts)
+        )
     )
     return tmp_path
 
@@ -37,6 +39,8 @@ def test_ship_picks_expert_best_and_medium_a_third(tmp_path, monkeypatch):
     assert seq == sorted(seq) and seq[0] == 1000 and seq[-1] == meta["medium"]["step"]
     shipped = {p.name for p in (tmp_path / "policies" / "hopper").iterdir()}
     assert shipped == {"policies.json", "actor_0.pt", "actor_1.pt", "actor_2.pt", "actor_5.pt"}
+    # the command reproduces the run as far as it went (7 checkpoints), with its checkpoint frequency
+    assert "--seed 1 --total-timesteps 7000 --checkpoint-freq 1000" in meta["command"]
 
 
 def test_missing_policies_give_a_clear_error(tmp_path, monkeypatch, capsys):
