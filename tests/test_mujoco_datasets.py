@@ -1,7 +1,7 @@
 """The MuJoCo half of the dataset builder, end to end on Hopper-v5 with a tiny SAC run: checkpoints are
 written and indexed, medium/expert are picked as D4RL did, and every quality is built with D4RL's
-reference scores and gymnasium's termination flags. (The shipped, fully trained policies are checked in
-test_shipped_policies when they exist.)"""
+reference scores and gymnasium's termination flags. (The shipped policies are checked in
+test_shipped_policies.py.)"""
 
 import json
 
