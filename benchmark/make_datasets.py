@@ -235,11 +235,16 @@ def ship_policies(env_name: str, train_dir: str, replay_steps: int = 8) -> dict:
     return meta
 
 
+def episode_scores(ds) -> tuple[np.ndarray, np.ndarray]:
+    """Return and normalized score ×100 of every episode of a Minari dataset, in collection order."""
+    returns = np.array([ep.rewards.sum() for ep in ds.iterate_episodes()])
+    return returns, 100 * minari.get_normalized_score(ds, returns)
+
+
 def describe(did: str) -> str:
     """Size and normalized return (×100, mean ± std over episodes) of a local dataset, for the build log."""
     ds = minari.load_dataset(did)
-    returns = np.array([ep.rewards.sum() for ep in ds.iterate_episodes()])
-    score = 100 * minari.get_normalized_score(ds, returns)
+    returns, score = episode_scores(ds)
     return (
         f"{ds.total_episodes} episodes, {ds.total_steps} transitions, return {returns.mean():.1f}, "
         f"normalized {score.mean():.1f} ± {score.std():.1f}"

@@ -6,7 +6,6 @@ import json
 import os
 
 import minari
-import numpy as np
 import pytest
 
 import make_datasets
@@ -48,16 +47,13 @@ def test_shipped_policy_reproduces_its_return(env_name, which):
     assert abs(ret - ckpt["eval_return"]) < 0.02 * (hi - lo), (ret, ckpt["eval_return"])
 
 
-def _scores(ds) -> np.ndarray:
-    returns = np.array([ep.rewards.sum() for ep in ds.iterate_episodes()])
-    return 100 * minari.get_normalized_score(ds, returns)
-
-
 def test_hopper_qualities_are_ordered(tmp_path, monkeypatch):
     """A few episodes of each quality, rolled out from the shipped checkpoints (stochastic actions)."""
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
     assert make_datasets.main(make_datasets.Args(envs=["hopper"], episodes=9)) == 0
-    score = {q: _scores(minari.load_dataset(f"o2o/hopper/{q}-v0")) for q in make_datasets.QUALITIES}
+    score = {
+        q: make_datasets.episode_scores(minari.load_dataset(f"o2o/hopper/{q}-v0"))[1] for q in make_datasets.QUALITIES
+    }
     mean = {q: float(s.mean()) for q, s in score.items()}
     assert mean["random"] < mean["medium"] < mean["expert"]
     assert mean["medium"] < mean["medium-expert"] < mean["expert"]
