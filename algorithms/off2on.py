@@ -10,7 +10,8 @@ The method, offline and online, in this one file:
    as stacked ensembles, each member on its own minibatches from its own initialization.
 2. Online: the N actors are fused by moment matching into one tanh-Gaussian; all N x 2 critics are kept. Member i's
    target is its own clipped double-Q at a next action shared by all members; the actor maximizes the ensemble mean of
-   the per-member min-Q. Plain SAC losses (no CQL term), α re-initialized to 1, fresh optimizers.
+   the per-member min-Q. Plain SAC losses (no CQL term), α re-initialized to 1, fresh optimizers, target critics
+   hard-copied from the (trained or loaded) critics.
 3. Balanced replay: RL minibatches are drawn proportionally to priorities over offline + online data. A density-ratio
    net w_ψ(s,a) ≈ d_online/d_offline, trained with a Jensen-Shannon variational loss, sets the priorities
    clamp(w^{1/T} / mean_offline w^{1/T}, 1e-3, 1e3) of every sampled transition at every step.
@@ -930,7 +931,7 @@ def main(args: Args) -> dict:
     online_grad_time = 0.0
     if args.online_steps > 0:
         n_off = storage.n_offline
-        # fresh α = 1 and fresh optimizers at the boundary
+        # fresh α = 1, fresh optimizers and hard-copied targets at the boundary
         agent["log_alpha"] = torch.zeros((), device=device, requires_grad=True)
         agent["log_alpha_prime"] = torch.zeros(args.ensemble_size, device=device, requires_grad=True)
         agent["w_net"] = density_ratio_net(obs_dim, act_dim, args.hidden_dim).to(device)
@@ -943,6 +944,9 @@ def main(args: Args) -> dict:
                 dict(params=agent["w_net"].parameters(), lr=args.weight_net_lr),
             ]
         )
+        # the online targets start as exact copies of the critics (official fine-tuning loads both from the same
+        # offline critics), not as the offline phase's lagged Polyak averages
+        agent["critic_target"].load_state_dict(agent["critic"].state_dict())
         sampler = ProportionalSampler(storage.n_offline + args.online_steps, device)
         sampler.add(n_off)  # offline leaves at 1.0
         # the first epoch's online transitions hold a fraction f of the mass (reference count 1000 as official)

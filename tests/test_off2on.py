@@ -262,6 +262,31 @@ def test_offline_checkpoint_save_load_and_mismatch(minari_root, tmp_path):
     json.loads((tmp_path / "load" / "summary.json").read_text())
 
 
+def test_online_targets_start_as_copies_of_the_critics(minari_root, tmp_path):
+    """At the offline->online boundary the target critics are exact copies of the critics (official fine-tuning
+    builds them from the loaded critics), both after offline training in the same run and through --load-offline,
+    for each replay arm a benchmark runs from one shared checkpoint. No online gradient step, so the saved final
+    model still holds the boundary state."""
+    tiny = ["--dataset-id", "o2o/pendulum/medium-v0", "--eval-episodes", "1", "--batch-size", "16",
+            "--cql-n-actions", "1", "--ensemble-size", "2", "--online-steps", "10", "--epoch-env-steps", "10",
+            "--epoch-grad-steps", "0", "--save-model"]  # fmt: skip
+    run_algo(SCRIPT, *tiny, "--offline-steps", "5", minari_root=minari_root, run_dir=tmp_path / "save")
+    offline = torch.load(tmp_path / "save" / "offline_ensemble.pt", weights_only=True)
+    lagged = offline["critic_target"]["net.last.weight"]
+    assert not torch.equal(lagged, offline["critic"]["net.last.weight"])  # offline Polyak targets lag the critics
+    final = torch.load(tmp_path / "save" / "off2on.pt", weights_only=True)
+    for k, v in final["critic"].items():
+        assert torch.equal(final["critic_target"][k], v), k
+    for replay in ("balanced", "uniform", "online-only"):
+        run_algo(SCRIPT, *tiny, "--load-offline", str(tmp_path / "save" / "offline_ensemble.pt"), "--replay", replay,
+                 minari_root=minari_root, run_dir=tmp_path / replay)  # fmt: skip
+        final = torch.load(tmp_path / replay / "off2on.pt", weights_only=True)
+        for k, v in offline["critic"].items():
+            assert torch.equal(final["critic"][k], v) and torch.equal(final["critic_target"][k], v), (replay, k)
+        for k, v in offline["actor"].items():
+            assert torch.equal(final["actor"][k], v), (replay, k)
+
+
 # ---------------------------------------------------------------- learning (subprocess runs)
 # Budget flags only (the networks keep their 2x256 default): 2 members, minibatch 64, 2 CQL actions per source,
 # 3000 offline steps, 3000 online steps in epochs of 1000 env + 1000 gradient steps.
