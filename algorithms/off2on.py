@@ -31,8 +31,9 @@ Deviations from the paper / official code:
   thread a default offline step (5 members, batch 256, 30 CQL actions per state) takes about 1.3 s and an online step
   about 0.09 s; the paper's budget wants a GPU. The BC
   warm-up defaults to 4% of the offline steps, which is the official 40k at 1M.
-- The BC warm-up log-likelihood needs atanh of dataset actions: they are clipped to ±(1-1e-4) there (official CQL:
-  1-1e-6), which bounds the pull of saturated actions. Log-probs of policy samples never use atanh.
+- Offline members follow official CQL's TanhGaussianPolicy: log σ clamped to [−5, 2] (online, Off2On's [−20, 2]),
+  and the BC warm-up log-likelihood of dataset actions as official CQL computes it (mean clamped to [−9, 9], atanh
+  with 1 ± a floored at 1e-6, tanh correction log(1 − a² + 1e-6)). Log-probs of policy samples never use atanh.
 - Networks see actions rescaled to [-1, 1] (D4RL MuJoCo actions already are); the environment gets them rescaled back.
   Log-probs and the entropy target −|A| live in the [-1, 1] space.
 - Prioritized sampling uses a float64 priority vector with cumsum + searchsorted (exact proportional stratified
@@ -75,7 +76,10 @@ import torch.nn.functional as F
 import tyro
 from torch.utils.tensorboard import SummaryWriter
 
-LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # log σ clamp of rlkit's TanhGaussianPolicy, also applied to the fused σ
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # online log σ clamp (Off2On's TanhGaussianPolicy), also applied to the fused σ
+CQL_LOG_STD_MIN = -5.0  # offline log σ floor of official CQL's TanhGaussianPolicy (d4rl/rlkit/torch/sac/policies.py)
+CQL_MEAN_MIN, CQL_MEAN_MAX = -9.0, 9.0  # official CQL clamps the mean in its BC log-likelihood only
+CQL_ATANH_EPS = 1e-6  # official CQL's atanh floors 1 ± a at this, and its tanh correction adds it to 1 − a²
 EPS = 1e-10  # inside the JS logs and the priority normaliser
 
 
@@ -432,10 +436,11 @@ class ActorEnsemble(nn.Module):
         super().__init__()
         self.net = VectorizedMLP(n, obs_dim, 2 * act_dim, hidden, last_init=1e-3)
 
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """obs (N, B, obs_dim) -> pre-tanh mean μ_i and log σ_i, each (N, B, act_dim)."""
+    def forward(self, obs: torch.Tensor, log_std_min: float = LOG_STD_MIN) -> tuple[torch.Tensor, torch.Tensor]:
+        """obs (N, B, obs_dim) -> pre-tanh mean μ_i and log σ_i, each (N, B, act_dim); log σ clamped to
+        [log_std_min, 2] (offline CQL passes −5, online Off2On keeps −20)."""
         mu, log_std = self.net(obs).chunk(2, dim=-1)
-        return mu, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        return mu, log_std.clamp(log_std_min, LOG_STD_MAX)
 
 
 class CriticEnsemble(nn.Module):
@@ -491,11 +496,18 @@ def tanh_normal_sample(mu: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tenso
     return torch.tanh(z), log_prob.sum(-1)
 
 
-def bc_log_prob(mu: torch.Tensor, std: torch.Tensor, action: torch.Tensor, clip: float = 1e-4) -> torch.Tensor:
-    """log π(a|s) of dataset actions in [-1, 1] for the BC warm-up (the only atanh, of clipped data actions)."""
-    a = action.clamp(-1 + clip, 1 - clip)
-    z = torch.atanh(a)
-    log_prob = -0.5 * ((z - mu) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi) - torch.log1p(-(a**2))
+def bc_log_prob(mu: torch.Tensor, std: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """log π(a|s) of dataset actions in [-1, 1] for the BC warm-up, as official CQL's `TanhGaussianPolicy.log_prob`
+    computes it (the only atanh, of data actions): mean clamped to [−9, 9], atanh(a) = ½ log((1+a)/(1−a)) with both
+    factors floored at 1e-6, and the tanh correction log(1 − a² + 1e-6), so saturated actions stay finite."""
+    mu = mu.clamp(CQL_MEAN_MIN, CQL_MEAN_MAX)
+    z = 0.5 * (torch.log((1 + action).clamp_min(CQL_ATANH_EPS)) - torch.log((1 - action).clamp_min(CQL_ATANH_EPS)))
+    log_prob = (
+        -0.5 * ((z - mu) / std) ** 2
+        - torch.log(std)
+        - 0.5 * math.log(2 * math.pi)
+        - torch.log(1 - action**2 + CQL_ATANH_EPS)
+    )
     return log_prob.sum(-1)
 
 
@@ -625,7 +637,7 @@ def offline_update(args, agent, opt, batch, bc: bool) -> dict:
     actor, critic, critic_target = agent["actor"], agent["critic"], agent["critic_target"]
     obs, act, rew, next_obs, term = (batch[k] for k in ReplayStorage.KEYS)
     act_dim = act.shape[-1]
-    mu, log_std = actor(obs)
+    mu, log_std = actor(obs, CQL_LOG_STD_MIN)
     std = log_std.exp()
     pi_a, pi_logp = tanh_normal_sample(mu, std)  # (N, B, A), (N, B)
     log_alpha = agent["log_alpha"]  # (N,): one α per member
@@ -638,7 +650,7 @@ def offline_update(args, agent, opt, batch, bc: bool) -> dict:
         actor_loss = (alpha[:, None] * pi_logp - q_pi).mean(1).sum()
 
     with torch.no_grad():
-        next_mu, next_log_std = actor(next_obs)
+        next_mu, next_log_std = actor(next_obs, CQL_LOG_STD_MIN)
         next_std = next_log_std.exp()
         next_a, _ = tanh_normal_sample(next_mu, next_std)
         # deterministic backup: no entropy bonus in the offline target

@@ -167,10 +167,41 @@ def test_tanh_log_prob_correct_without_atanh():
     torch.testing.assert_close(logp_again.double(), exact.view(-1), rtol=1e-4, atol=1e-3)
 
 
-def test_bc_log_prob_finite_on_saturated_data():
-    mu, std = torch.zeros(3, 1), torch.ones(3, 1)
-    lp = o.bc_log_prob(mu, std, torch.tensor([[-1.0], [0.0], [1.0]]))
+def test_bc_log_prob_follows_official_cql():
+    """Official CQL's TanhGaussianPolicy.log_prob: mean clamped to [-9, 9], atanh with 1 ± a floored at 1e-6, and
+    Normal.log_prob(atanh a) − log(1 − a² + 1e-6); finite on saturated data actions."""
+    mu = torch.tensor([[0.0, 20.0], [0.5, -12.0], [-0.3, 1.0]])
+    std = torch.tensor([[1.0, 0.5], [0.2, 2.0], [0.7, 0.1]])
+    a = torch.tensor([[1.0, 1.0], [-1.0, 0.3], [0.0, 0.999]])
+    lp = o.bc_log_prob(mu, std, a)
+    a64 = a.double()
+    z = 0.5 * torch.log((1 + a64).clamp(min=1e-6) / (1 - a64).clamp(min=1e-6))
+    normal = torch.distributions.Normal(mu.double().clamp(-9.0, 9.0), std.double())
+    ref = (normal.log_prob(z) - torch.log(1 - a64 * a64 + 1e-6)).sum(-1)
     assert torch.isfinite(lp).all()
+    torch.testing.assert_close(lp.double(), ref, rtol=1e-5, atol=1e-4)
+
+
+def test_offline_members_clamp_log_std_as_official_cql(monkeypatch):
+    """Offline (CQL) the members' log σ is clamped to [-5, 2] (official CQL); online the fused policy keeps
+    Off2On's [-20, 2]."""
+    torch.manual_seed(0)
+    n, b, act_dim = 2, 8, 2
+    args = o.Args(ensemble_size=n, batch_size=b, cql_n_actions=1)
+    agent = o.make_agent(args, 3, act_dim, "cpu")
+    with torch.no_grad():  # log σ head outputs -10 everywhere
+        agent["actor"].net.last.weight[..., act_dim:] = 0.0
+        agent["actor"].net.last.bias[..., act_dim:] = -10.0
+    opt = torch.optim.Adam(list(agent["actor"].parameters()) + list(agent["critic"].parameters()))
+    seen = []
+    real = o.tanh_normal_sample
+    monkeypatch.setattr(o, "tanh_normal_sample", lambda mu, std: seen.append(std.detach().clone()) or real(mu, std))
+    batch = dict(obs=torch.randn(n, b, 3), act=torch.rand(n, b, act_dim) * 2 - 1, rew=torch.randn(n, b),
+                 next_obs=torch.randn(n, b, 3), term=torch.zeros(n, b))  # fmt: skip
+    o.offline_update(args, agent, opt, batch, bc=True)
+    assert seen and all(torch.allclose(s, torch.full_like(s, math.exp(-5.0))) for s in seen)
+    _, log_std = agent["actor"](torch.randn(n, 4, 3))  # the members' default (online) clamp keeps log σ = -10
+    torch.testing.assert_close(log_std, torch.full_like(log_std, -10.0))
 
 
 # ---------------------------------------------------------------- update steps, every variant
