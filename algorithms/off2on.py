@@ -24,6 +24,10 @@ Deviations from the paper / official code:
   the official CQL recipe the spec infers (CQL(H), 10 uniform + 10 current-policy + 10 next-policy actions, fixed
   α_cql=5, deterministic backup, BC warm-up, policy lr 1e-4) on the checkpoints' 2x256 networks. The CQL log-sum-exp
   temperature is fixed to 1 (the recipe's value), not a flag.
+- Initialisation follows rlkit: hidden weights U(±1/√out_features) (rlkit's `fanin_init` reads size[0] of an
+  (out, in) weight), output layers U(±3e-3) (actor heads ±1e-3); hidden biases 0.1 for the CQL actors and critics
+  (official CQL's rlkit `Mlp`), 0 for the density-ratio net (Off2On's `ConcatMlp`), whose output bias starts at 1.
+  Off2On's own critic init never matters: its critics are loaded from CQL.
 - Each offline member tunes its own α (as separate CQL runs would); online there is one α for the fused actor.
 - Members are seeded from one generator (stacked init, per-member random indices) instead of separate runs with
   seeds 4i+s.
@@ -404,19 +408,23 @@ class VectorizedLinear(nn.Module):
 
 
 class VectorizedMLP(nn.Module):
-    """E independent ReLU MLPs with `layers` hidden layers. Hidden layers: fan-in uniform weights and bias 0.1 (rlkit);
-    output layer U(±last_init), or its bias filled with `last_bias` (the density-ratio net starts at w ≈ 1)."""
+    """E independent ReLU MLPs with `layers` hidden layers. Hidden layers as rlkit's `fanin_init` + `b_init_value`:
+    weights U(±1/√out_features) (it reads size[0] of nn.Linear's (out, in) weight, so the bound is set by the layer's
+    width, not its input) and bias `hidden_bias`; output layer U(±last_init), or its bias filled with `last_bias`
+    (the density-ratio net starts at w ≈ 1)."""
 
-    def __init__(self, ensemble, in_dim, out_dim, hidden=256, layers=2, last_init=3e-3, last_bias=None):
+    def __init__(
+        self, ensemble, in_dim, out_dim, hidden=256, layers=2, last_init=3e-3, last_bias=None, hidden_bias=0.1
+    ):
         super().__init__()
         dims = [in_dim] + [hidden] * layers
         self.hidden = nn.ModuleList(VectorizedLinear(ensemble, i, o) for i, o in zip(dims[:-1], dims[1:]))
         self.last = VectorizedLinear(ensemble, hidden, out_dim)
         with torch.no_grad():
             for layer in self.hidden:
-                bound = 1.0 / math.sqrt(layer.in_features)
+                bound = 1.0 / math.sqrt(layer.out_features)
                 layer.weight.uniform_(-bound, bound)
-                layer.bias.fill_(0.1)
+                layer.bias.fill_(hidden_bias)
             self.last.weight.uniform_(-last_init, last_init)
             if last_bias is None:
                 self.last.bias.uniform_(-last_init, last_init)
@@ -461,8 +469,9 @@ class CriticEnsemble(nn.Module):
 
 
 def density_ratio_net(obs_dim: int, act_dim: int, hidden: int = 256) -> VectorizedMLP:
-    """w_ψ(s, a): one MLP; the output bias starts at 1 so w ≈ 1 (apply ReLU to the output)."""
-    return VectorizedMLP(1, obs_dim + act_dim, 1, hidden, last_init=3e-3, last_bias=1.0)
+    """w_ψ(s, a): one MLP as Off2On's ConcatMlp (zero hidden biases); the output bias starts at 1 so w ≈ 1
+    (apply ReLU to the output)."""
+    return VectorizedMLP(1, obs_dim + act_dim, 1, hidden, last_init=3e-3, last_bias=1.0, hidden_bias=0.0)
 
 
 def density_ratio(w_net: VectorizedMLP, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,20 @@ def test_vectorized_mlp_equals_per_member_loop():
     assert vec.hidden[0].weight.grad[1:].abs().sum() == 0 and vec.hidden[0].weight.grad[0].abs().sum() > 0
 
 
+def test_initialisation_follows_rlkit():
+    """rlkit's fanin_init reads size[0] of an (out, in) weight: every hidden layer is U(±1/√out_features). Hidden
+    biases are 0.1 (official CQL's Mlp) for actors and critics and 0 for the density-ratio net (Off2On's ConcatMlp)."""
+    torch.manual_seed(0)
+    for net in (o.CriticEnsemble(3, 5, 2, 64).net, o.ActorEnsemble(3, 7, 2, 64).net, o.density_ratio_net(5, 2, 64)):
+        for layer in net.hidden:
+            bound = 1.0 / math.sqrt(layer.out_features)  # 1/8, whatever the layer's input width (7 or 64)
+            assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.95 * bound
+        assert net.last.weight.abs().max() <= 3e-3
+    critic, w_net = o.CriticEnsemble(3, 5, 2, 64).net, o.density_ratio_net(5, 2, 64)
+    assert all(torch.all(layer.bias == 0.1) for layer in critic.hidden)
+    assert all(torch.all(layer.bias == 0.0) for layer in w_net.hidden) and torch.all(w_net.last.bias == 1.0)
+
+
 def test_critic_ensemble_layout_and_detach():
     torch.manual_seed(0)
     n = 3
