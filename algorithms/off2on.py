@@ -489,9 +489,10 @@ def js_density_ratio_loss(w_online: torch.Tensor, w_offline: torch.Tensor) -> to
 # Tanh-Gaussian policies: per-member and moment-matched (fused)
 # ----------------------------------------------------------------------------------------------
 def fuse_moments(mu: torch.Tensor, log_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Moment matching of N pre-tanh Gaussians (dim 0): μ = mean μ_i, σ² = mean(σ_i² + μ_i²) − μ², σ clamped."""
+    """Moment matching of N pre-tanh Gaussians (dim 0): μ = mean μ_i, σ² = mean σ_i² + var μ_i (the official
+    mean(σ_i² + μ_i²) − μ², written as the law of total variance so float32 does not cancel), σ clamped."""
     mean = mu.mean(0)
-    var = (torch.exp(2 * log_std) + mu**2).mean(0) - mean**2
+    var = torch.exp(2 * log_std).mean(0) + mu.var(0, unbiased=False)
     std = var.clamp_min(math.exp(2 * LOG_STD_MIN)).sqrt().clamp_max(math.exp(LOG_STD_MAX))
     return mean, std
 

@@ -158,6 +158,17 @@ def test_fused_moments_match_the_mixture():
     assert s_tiny.item() >= math.exp(o.LOG_STD_MIN) * 0.999
 
 
+def test_fused_variance_keeps_float32_precision():
+    """Large means with small spread and small σ: mean(σ² + μ²) − μ̄² cancels in float32; the total-variance form
+    mean(σ²) + var(μ) stays accurate."""
+    mu = torch.tensor([100.0, 100.002, 100.004, 100.006, 100.008]).view(5, 1, 1)
+    log_std = torch.full((5, 1, 1), math.log(1e-3))
+    _, std = o.fuse_moments(mu, log_std)
+    mu64 = mu.double()
+    exact = (torch.exp(2 * log_std.double()).mean(0) + mu64.var(0, unbiased=False)).sqrt()
+    torch.testing.assert_close(std.double(), exact, rtol=1e-3, atol=0)
+
+
 def test_tanh_log_prob_correct_without_atanh():
     torch.manual_seed(0)
     mu = torch.randn(4096, 2, dtype=torch.float64)
