@@ -3,7 +3,6 @@
 Paper: Train Once, Get a Family: State-Adaptive Balances for Offline-to-Online Reinforcement Learning,
        https://arxiv.org/abs/2310.17966
 Official code: https://github.com/LeapLabTHU/FamO2O (JAX; read for facts only; nothing copied)
-Spec: ../shared/research/famo2o.md
 
 Two models replace the base algorithm's single improvement/constraint balance:
 - the universal model π_u(a | s, β): a policy conditioned on a 6-d sinusoidal code of the balance coefficient β
@@ -50,17 +49,19 @@ Deviations from the paper / official code (and choices where neither says):
 - Twin Q is one vectorized ensemble (stacked [2, in, out] weights), numerically the same as two networks.
 - Buffer: one array of capacity min(--buffer-size, dataset + online steps), offline data first, online transitions
   appended, uniform sampling, FIFO overwrite if ever full (as the CQL code; the IQL code never fills its buffer).
-- AWAC base (`--base awac`; the paper reports it but its code was never released; spec §1.4). Choices:
+- AWAC base (`--base awac`; the paper reports it but its code was never released). Choices:
   * critic: twin Q, target y = r + γ·mask·min Q_targ(s', a'), a' ~ π_u(·| s', enc(β')) with β' the balance model's
     mode at s' (the β the agent would act with there; the fixed β in the ablation), a' clipped to [-1, 1];
-  * advantage A = min Q_targ(s, a) − min Q_targ(s, ã), ã ~ π_u(·| s, enc(β_j)) (one sample, as rlkit's AWAC, but
-    with the target critic, like the IQL variant and the balance loss; rlkit uses the online Q);
+  * advantage A = min Q_targ(s, a) − min Q_targ(s, ã), ã ~ π_u(·| s, enc(β_j)) clipped to [-1, 1] like a′ (one
+    sample, as rlkit's AWAC, but with the target critic, like the IQL variant and the balance loss; rlkit uses the
+    online Q);
   * actor: the same weighted regression as IQL with β as inverse temperature (AWAC's exp(A/λ), λ = 1/β), same
     β range [1, 5], same clip and weight modes; no batch-softmax normalization (rlkit's option), no V network;
   * the same networks, learning rates and universal/balance models as the IQL variant.
-- `--balance fixed` is the ablation: a single β (`--fixed-beta`, default 3, plain IQL's locomotion value) for
-  training and acting, no balance model or temperature updates; the universal model still receives enc(β), a
-  constant input, which makes it the base algorithm alone.
+- `--balance fixed` is the ablation: a single β (`--fixed-beta`; default 3 with IQL, plain IQL's locomotion value,
+  and 1 with AWAC, AWAC's usual λ = 1, e.g. CORL's `awac_lambda`) for training and acting, no balance model or
+  temperature updates; the universal model still receives enc(β), a constant input, which makes it the base
+  algorithm alone.
 - `--capture-video` records one deterministic episode after training (needs the env's rgb_array renderer).
 """
 
@@ -71,7 +72,7 @@ import random
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Optional
 
 import gymnasium as gym
@@ -84,6 +85,7 @@ import tyro
 from torch.utils.tensorboard import SummaryWriter
 
 BASES = ("iql", "awac")
+DEFAULT_FIXED_BETA = dict(iql=3.0, awac=1.0)  # plain IQL's locomotion β = 3; AWAC's λ = 1 (CORL's awac_lambda)
 BALANCES = ("adaptive", "fixed")
 WEIGHT_MODES = ("per_sample", "batch_mean")
 REWARD_SCALE_MODES = ("none", "locomotion", "goal")
@@ -134,10 +136,13 @@ class Args:
     """lower end of the balance coefficient range [β_lo, β_hi] (AWR inverse temperature; AntMaze used [8, 14])"""
     beta_hi: float = 5.0
     """upper end of the balance coefficient range"""
-    fixed_beta: float = 3.0
-    """the single β of `--balance fixed` (plain IQL's locomotion inverse temperature)"""
+    fixed_beta: Optional[float] = None
+    """the single β of `--balance fixed`; default by base: 3 for IQL (plain IQL's locomotion inverse temperature),
+    1 for AWAC (AWAC's usual λ = 1, i.e. exp(A/λ) with β = 1/λ)"""
     weight_mode: str = "per_sample"
-    """`per_sample`: min(exp(β_j A_j), 100) (the paper); `batch_mean`: mean_i min(exp(β_i A_j), 100) (official code)"""
+    """`per_sample`: min(exp(β_j A_j), 100) (the paper); `batch_mean`: mean_i min(exp(β_i A_j), 100) (official code).
+    With batch_mean a sample's weight does not depend on its own β_j, so the universal model cannot learn different
+    policies for different β and the balance model has nothing to adapt to (a warning is printed with adaptive β)"""
     weight_clip: float = 100.0
     """upper clip of the advantage weight"""
     expectile: float = 0.8
@@ -467,6 +472,11 @@ def advantage_weights(beta: torch.Tensor, adv: torch.Tensor, mode: str, clip: fl
     raise ValueError(f"unknown weight mode {mode!r}")
 
 
+def resolve_fixed_beta(args: Args) -> float:
+    """The β of `--balance fixed`: `--fixed-beta`, or the base's default (IQL 3, AWAC 1) when it is not given."""
+    return DEFAULT_FIXED_BETA[args.base] if args.fixed_beta is None else float(args.fixed_beta)
+
+
 class FamO2O:
     """All models, optimizers and the gradient step. Models read start-of-step parameters unless stated."""
 
@@ -490,7 +500,7 @@ class FamO2O:
 
     # -- β helpers --
     def fixed_beta(self, n: int) -> torch.Tensor:
-        return torch.full((n,), self.args.fixed_beta, device=self.device)
+        return torch.full((n,), resolve_fixed_beta(self.args), device=self.device)
 
     @torch.no_grad()
     def acting_beta(self, obs: torch.Tensor) -> torch.Tensor:
@@ -535,7 +545,9 @@ class FamO2O:
                 next_beta = self.acting_beta(next_obs)
                 next_act = self.actor.rsample(next_obs, encode_beta(next_beta)).clamp(-1.0, 1.0)
                 next_v = self.q_target(next_obs, next_act).min(0).values
-                baseline = self.q_target(obs, self.actor.rsample(obs, encode_beta(beta))).min(0).values
+                # ã is clipped to the action box like a′ (and like the actions the agent executes)
+                base_act = self.actor.rsample(obs, encode_beta(beta)).clamp(-1.0, 1.0)
+                baseline = self.q_target(obs, base_act).min(0).values
                 adv = q_targ - baseline
 
         # 1) V by expectile regression (IQL)
@@ -720,7 +732,7 @@ def validate(args: Args):
             fail(f"--{name.replace('_', '-')} {getattr(args, name)!r} is unknown; choose one of {', '.join(allowed)}")
     if not args.beta_lo < args.beta_hi:
         fail(f"the β range needs --beta-lo < --beta-hi, got [{args.beta_lo}, {args.beta_hi}]")
-    if args.beta_lo < 0 or args.fixed_beta < 0:
+    if args.beta_lo < 0 or (args.fixed_beta is not None and args.fixed_beta < 0):
         fail("β is an inverse temperature: --beta-lo and --fixed-beta must be ≥ 0")
     for name in ("offline_steps", "online_steps"):
         if getattr(args, name) < 0:
@@ -780,6 +792,7 @@ def log_beta(log: RunLogger, phase: str, step: int, stats: Optional[dict], prefi
 # ----------------------------------------------------------------------------------------------
 def main(args: Args) -> dict:
     validate(args)
+    args = replace(args, fixed_beta=resolve_fixed_beta(args))  # record the β actually used in summary.json
     try:  # load data BEFORE creating the run dir, so bad input leaves nothing behind
         dataset = load_minari_dataset(args.dataset_id, args.download)
         data = dataset_to_transitions(dataset)

@@ -157,7 +157,7 @@ class Args:
     epoch_env_steps: int = 1000
     """environment steps collected per online epoch"""
     epoch_grad_steps: int = 1000
-    """gradient steps per online epoch (after the epoch's collection)"""
+    """gradient steps per online epoch (after the epoch's collection; a partial last epoch does its share, rounded)"""
     first_epoch_multiplier: int = 5
     """the first epoch does this many times epoch_grad_steps (official default 10, README demo 5)"""
     online_cql: bool = False
@@ -1010,8 +1010,10 @@ def main(args: Args) -> dict:
                     ep_ret, ep_len = 0.0, 0
             storage.add(*(np.stack(rows[k]) for k in ReplayStorage.KEYS))
             sampler.add(n_collect)
-            # train: update-to-data ratio 1, a longer first epoch
-            n_grad = args.epoch_grad_steps * (args.first_epoch_multiplier if epoch == 0 else 1)
+            # train: update-to-data ratio 1, a longer first epoch; a partial last epoch trains in proportion to the
+            # env steps it collected (rounded), so the total stays online_steps / epoch_env_steps x epoch_grad_steps
+            full = args.epoch_grad_steps * (args.first_epoch_multiplier if epoch == 0 else 1)
+            n_grad = int(full * n_collect / args.epoch_env_steps + 0.5)
             t_grad, sums = time.time(), {}
             for _ in range(n_grad):
                 if args.replay == "balanced":

@@ -343,6 +343,16 @@ def test_online_targets_start_as_copies_of_the_critics(minari_root, tmp_path):
             assert torch.equal(final["actor"][k], v), (replay, k)
 
 
+def test_partial_last_epoch_scales_its_gradient_steps(minari_root, tmp_path):
+    """25 env steps in epochs of 10: the last epoch collects 5 steps and trains 5/10 of epoch_grad_steps; the first
+    epoch's multiplier still applies to the first epoch only."""
+    s = run_algo(SCRIPT, "--dataset-id", "o2o/pendulum/medium-v0", "--eval-episodes", "1", "--batch-size", "16",
+                 "--ensemble-size", "1", "--offline-steps", "0", "--online-steps", "25", "--epoch-env-steps", "10",
+                 "--epoch-grad-steps", "2", "--first-epoch-multiplier", "3",
+                 minari_root=minari_root, run_dir=tmp_path / "run")  # fmt: skip
+    assert s["online_env_steps"] == 25 and s["online_gradient_steps"] == 6 + 2 + 1
+
+
 # ---------------------------------------------------------------- learning (subprocess runs)
 # Budget flags only (the networks keep their 2x256 default): 2 members, minibatch 64, 2 CQL actions per source,
 # 3000 offline steps, 3000 online steps in epochs of 1000 env + 1000 gradient steps.
