@@ -124,6 +124,28 @@ def test_full_update_runs_and_fixed_balance_leaves_balance_model_alone():
     assert float(info["actor_beta_mean"]) == pytest.approx(3.0)
 
 
+def test_fixed_beta_default_depends_on_base():
+    # plain IQL's locomotion β = 3; AWAC's λ = 1 is β = 1; an explicit --fixed-beta wins for either base
+    for base, expected in (("iql", 3.0), ("awac", 1.0)):
+        info = make_agent(base, balance="fixed").update(random_batch(), online=False)
+        assert float(info["actor_beta_mean"]) == pytest.approx(expected), base
+    torch.manual_seed(0)
+    agent = famo2o.FamO2O(3, 1, famo2o.Args(base="awac", balance="fixed", fixed_beta=2.5), torch.device("cpu"))
+    assert float(agent.update(random_batch(), online=False)["actor_beta_mean"]) == pytest.approx(2.5)
+
+
+def test_awac_evaluates_the_critic_only_on_actions_in_the_box():
+    # the baseline ã of A = Q(s, a) − Q(s, ã) is clipped to [-1, 1] like a′ (σ = e² makes unclipped samples leave it)
+    agent = make_agent("awac", balance="fixed")
+    with torch.no_grad():
+        agent.actor.log_std.fill_(2.0)
+    seen: list[torch.Tensor] = []
+    agent.q_target.register_forward_pre_hook(lambda m, inp: seen.append(inp[1].detach().clone()))
+    agent.update(random_batch(), online=False)
+    assert len(seen) == 3  # Q_targ(s, a), Q_targ(s', a′), Q_targ(s, ã)
+    assert all(a.abs().max() <= 1.0 for a in seen)
+
+
 def test_advantage_weights_match_hand_computation():
     beta = torch.tensor([1.0, 2.0, 3.0])
     adv = torch.tensor([0.5, -1.0, 3.0])
