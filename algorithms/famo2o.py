@@ -20,18 +20,33 @@ The critic / value learning of the base algorithm is unchanged.
 Logged beyond the project's common tags: `{phase}/eval/beta_mean|beta_std` and the histogram `{phase}/eval/beta` (the
 β the balance model chose in each evaluation), `online/charts/beta*` (the β acted with while collecting), and
 `losses/balance_loss|balance_entropy|alpha|alpha_loss|balance_beta_mean|actor_beta_mean|adv_weight|advantage`.
-summary.json's `beta` holds mean, std, range and a 10-bin histogram over [β_lo, β_hi] of the last of each.
+summary.json's `beta` holds mean, std, range and a 10-bin histogram over [β_lo, β_hi] of the last of each (kept
+as it was; the time series below are separate).
+
+Balance-model diagnostics, every `--log-freq` gradient steps on that step's batch, as TensorBoard
+`{phase}/diagnostics/*` and as lists with their `step` in summary.json["diagnostics"][phase] (FamO2O.
+balance_diagnostics): the acting β's mean and spread across states (`beta_mean`, `beta_std`), the critic's pull on β
+`dq_dbeta` = mean |d min Q_targ(s, μ_u(s, enc(β)))/dβ|, how much the universal model's action depends on β at all
+`action_spread` = mean |μ_u(s, β_hi) − μ_u(s, β_lo)|, `alpha`, and `q_entropy_ratio` = |dQ/dβ|·(β_hi − β_lo)/(4α),
+roughly where in (−1, 1) the critic can push tanh(u) against the entropy term while it is small: ≪ 1 means β stays
+at the middle of its range. At CPU budgets it is ≪ 1 (the universal model barely depends on β yet and α falls from
+1 by about `--alpha-lr` per step in log α), so β stays ≈ (β_lo + β_hi)/2; see `--init-alpha` and `--alpha-lr`.
 
 Deviations from the paper / official code (and choices where neither says):
 - Step budgets default to CPU size (20k offline gradient steps, 20k online env steps); the paper's 1M + 1M are
-  `--offline-steps 1000000 --online-steps 1000000`. All other defaults are the spec's FamO2O+IQL locomotion ones
-  (expectile 0.8, β ∈ [1, 5], lr 3e-4 everywhere, batch 256, γ 0.99, τ 0.005, weight clip 100, 2M buffer).
+  `--offline-steps 1000000 --online-steps 1000000`. All other defaults are FamO2O+IQL's locomotion ones
+  (jax_iql/family_learner.py defaults: expectile 0.8, β ∈ [1, 5], lr 3e-4 everywhere, batch 256, γ 0.99, τ 0.005,
+  weight clip 100, 2M buffer).
 - Advantage weight: the default `--weight-mode per_sample` is the paper's intent, w_j = min(exp(β_j·A_j), 100).
   The released IQL code broadcasts a [B] advantage against a [B, 1] β, which trains with the batch-averaged
   w_j = (1/B)·Σ_i min(exp(β_i·A_j), 100); that is `--weight-mode batch_mean` (what reproduced the paper's AntMaze
   table). The log-prob is conditioned on the sample's own β_j in both modes.
+  With batch_mean the weight does not depend on the sample's own β_j, so every β regresses onto the same weighted
+  data: the universal model's β-dependence comes only from function approximation, and the balance model has
+  nothing to adapt to (β cannot adapt by construction; a warning is printed when it is combined with adaptive β).
 - Actor learning rate is constant. The unreleased locomotion config would have inherited a cosine decay over all
-  updates, which reaches 0 exactly when online training starts (spec §6.7); the AntMaze config is constant.
+  updates (`FamilyLearner`'s default `opt_decay_schedule` in jax_iql/family_learner.py), which reaches 0 exactly when
+  online training starts; the AntMaze config (jax_iql/configs/family_antmaze_finetune_config.py) is constant.
 - Actions are mapped affinely from the env's Box to [-1, 1] (the official code assumes D4RL's [-1, 1] actions);
   dataset actions are then clipped to ±(1 − 1e-5) as in the official code.
 - Reward preprocessing is `--reward-scale-mode`: `locomotion` (default; r·1000/(max − min episode return of the
@@ -40,8 +55,13 @@ Deviations from the paper / official code (and choices where neither says):
   locomotion rule multiplies rewards by ≈ 0.77 (medium-replay), close to raw; it is the default because it is the
   rule the paper uses for dense-reward control and keeps the file's defaults unit-free.
 - Evaluation: `--eval-episodes` (10) deterministic episodes every `--eval-freq` steps and at the end of each phase,
-  instead of 100 episodes every 100k steps; the summary's `offline` entry comes from offline-phase evaluations (the
-  last one at the end of the offline phase) and `online` from online-phase evaluations.
+  instead of 100 episodes every 100k steps; the online phase is also evaluated at env step 0 (before any interaction
+  or update: the score fine-tuning starts from) and, with `--early-eval-freq`, every that many env steps during the
+  first `--early-eval-until` env steps. The summary's `offline` entry comes from offline-phase evaluations (the last
+  one at the end of the offline phase) and `online` from online-phase evaluations (step 0 included).
+- GPU: no host synchronisation in the update step (closed-form Gaussian log-densities instead of
+  torch.distributions, whose argument checks sync; minibatch indices drawn on the device; statistics returned as
+  detached tensors and converted only on logging steps); acting copies one tensor to the host per env step.
 - Online masks: only `terminated` cuts the bootstrap (gymnasium's flags replace the old `TimeLimit.truncated` key).
 - The balance model and the temperature are updated with `loss.backward(inputs=balance params)`: gradients flow
   through the universal actor's input and the target critic, whose parameters are never touched (same result as
@@ -123,6 +143,11 @@ class Args:
     """number of online environment steps, one gradient step each (0 skips the online phase; paper: 1_000_000)"""
     eval_freq: int = 5_000
     """evaluate every this many steps (gradient steps offline, environment steps online)"""
+    early_eval_freq: int = 0
+    """online phase: also evaluate every this many env steps during the first `early_eval_until` env steps, to
+    resolve the start-of-fine-tuning dip (0: off)"""
+    early_eval_until: int = 0
+    """online phase: env steps over which `early_eval_freq` applies"""
     eval_episodes: int = 10
     """number of deterministic evaluation episodes"""
     batch_size: int = 256
@@ -382,12 +407,19 @@ class UniversalActor(nn.Module):
         return mean, self.log_std.clamp(-5.0, 2.0).exp().expand_as(mean)
 
     def log_prob(self, obs: torch.Tensor, beta_code: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """Diagonal Gaussian log-density in closed form (torch.distributions.Normal validates its arguments,
+        which synchronizes a GPU on every call)."""
         mean, std = self(obs, beta_code)
-        return torch.distributions.Normal(mean, std).log_prob(act).sum(-1)
+        return gaussian_log_prob((act - mean) / std, std.log()).sum(-1)
 
     def rsample(self, obs: torch.Tensor, beta_code: torch.Tensor) -> torch.Tensor:
         mean, std = self(obs, beta_code)
         return mean + std * torch.randn_like(mean)
+
+
+def gaussian_log_prob(eps: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log N(x; μ, σ) from the standardized ε = (x − μ)/σ and log σ, element-wise."""
+    return -0.5 * eps.pow(2) - log_std - 0.5 * math.log(2.0 * math.pi)
 
 
 def tanh_log_det(u: torch.Tensor) -> torch.Tensor:
@@ -412,9 +444,10 @@ class BalanceModel(nn.Module):
         """Reparameterized β [B] and log π_b(z | s) [B] of the squashed z (tanh Jacobian included; the affine map
         to β only shifts the log-density by a constant and is left out, as in the official code)."""
         mu = self.net(obs).squeeze(-1)
-        std = self.log_std.clamp(-10.0, 2.0).exp()
-        u = mu + std * torch.randn_like(mu)
-        logp = torch.distributions.Normal(mu, std).log_prob(u) - tanh_log_det(u)
+        log_std = self.log_std.clamp(-10.0, 2.0)
+        eps = torch.randn_like(mu)
+        u = mu + log_std.exp() * eps
+        logp = gaussian_log_prob(eps, log_std) - tanh_log_det(u)
         return self.to_beta(torch.tanh(u)), logp
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
@@ -514,7 +547,8 @@ class FamO2O:
         beta = self.acting_beta(o)
         mean, std = self.actor(o, encode_beta(beta))
         a = mean if deterministic else mean + std * torch.randn_like(mean)
-        return a.clamp(-1.0, 1.0)[0].cpu().numpy(), float(beta[0])
+        out = torch.cat([a.clamp(-1.0, 1.0)[0], beta]).cpu().numpy()  # one device -> host copy per env step
+        return out[:-1], float(out[-1])
 
     def balance_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """SAC-style loss of π_b over its 1-d action β: mean[α·log π_b(z|s) − min Q_targ(s, ã)], with ã the universal
@@ -525,6 +559,36 @@ class FamO2O:
         q = self.q_target(obs, a).min(0).values
         alpha = self.log_alpha.exp().detach()
         return (alpha * logp - q).mean(), logp.detach(), beta.detach()
+
+    def balance_diagnostics(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Can the balance model move? Measured at the β the agent acts with (π_b's mode, or the fixed β) on `obs`:
+        - beta_mean, beta_std: mean and spread (std across the states) of that β;
+        - dq_dbeta: mean over states of |d min Q_targ(s, μ_u(s, enc(β))) / dβ|, the critic's pull on β (the signal
+          the balance loss follows; μ_u is the universal model's mean action, whose gradient equals the sample's);
+        - action_spread: mean over states and action dims of |μ_u(s, β_hi) − μ_u(s, β_lo)|, how much the universal
+          model's action depends on β at all (0: every β gives the same action, nothing to choose);
+        - q_entropy_ratio: mean of |dQ/dβ|·(β_hi − β_lo)/(4α). In u (pre-tanh) the balance loss's entropy term pulls
+          towards the middle of the range with 2α·tanh(u) and the critic with dQ/dβ·(β_hi − β_lo)/2·(1 − tanh²u);
+          their balance puts z = tanh(u) ≈ this ratio while it is small, so ≪ 1 means β stays near the middle;
+        - alpha: the entropy temperature α.
+        Logging-step only (not in the hot loop). Returns detached 0-d tensors."""
+        beta = self.acting_beta(obs).clone().requires_grad_(True)
+        with torch.enable_grad():
+            mean, _ = self.actor(obs, encode_beta(beta))
+            q = self.q_target(obs, mean).min(0).values
+            (dq,) = torch.autograd.grad(q.sum(), beta)  # per-state derivative: state i only sees its own β_i
+        with torch.no_grad():
+            ends = [torch.full((len(obs),), b, device=self.device) for b in (self.args.beta_lo, self.args.beta_hi)]
+            lo, hi = (self.actor(obs, encode_beta(b))[0] for b in ends)
+            alpha = self.log_alpha.exp()[0]
+            return dict(
+                beta_mean=beta.detach().mean(),
+                beta_std=beta.detach().std(unbiased=False),
+                dq_dbeta=dq.abs().mean(),
+                action_spread=(hi - lo).abs().mean(),
+                q_entropy_ratio=(dq.abs() * (self.args.beta_hi - self.args.beta_lo) / (4.0 * alpha)).mean(),
+                alpha=alpha,
+            )
 
     def update(self, batch: dict[str, torch.Tensor], online: bool) -> dict[str, torch.Tensor]:
         """One gradient step: V → balance → α → universal actor → Q → Polyak. Returns detached scalars (no device
@@ -746,6 +810,25 @@ def validate(args: Args):
         fail("--gamma must be in [0, 1] and --tau in (0, 1]")
     if args.weight_clip <= 0 or args.init_alpha <= 0:
         fail("--weight-clip and --init-alpha must be > 0")
+    if args.early_eval_freq < 0 or args.early_eval_until < 0:
+        fail("--early-eval-freq and --early-eval-until must be ≥ 0")
+    if args.early_eval_freq > 0 and args.early_eval_until == 0:
+        fail("--early-eval-freq > 0 needs --early-eval-until > 0 (the env steps over which it applies)")
+    if args.weight_mode == "batch_mean" and args.balance == "adaptive":
+        print(
+            "warning: --weight-mode batch_mean makes each sample's advantage weight independent of its own β, so the "
+            "universal model cannot learn β-dependent policies and the adaptive β has nothing to adapt "
+            "(use --weight-mode per_sample to adapt β)",
+            file=sys.stderr,
+        )
+
+
+def eval_due(step: int, last: int, args: Args, online: bool) -> bool:
+    """Whether to evaluate after `step` of a phase of `last` steps: every `eval_freq` steps and at the last step; in
+    the online phase also every `early_eval_freq` env steps up to `early_eval_until`. (Online step 0 is evaluated
+    before the loop.)"""
+    early = online and args.early_eval_freq > 0 and step <= args.early_eval_until
+    return step % args.eval_freq == 0 or step == last or (early and step % args.early_eval_freq == 0)
 
 
 class BetaStats:
@@ -870,13 +953,25 @@ def main(args: Args) -> dict:
         for k, v in info.items():
             log.scalar(phase, f"losses/{k}", float(v), step)
 
+    # balance-model diagnostics on logging steps: TensorBoard `{phase}/diagnostics/*` and summary.json["diagnostics"]
+    diagnostics: dict = {phase: dict(step=[]) for phase in ("offline", "online")}
+
+    def log_diagnostics(phase: str, step: int, obs: torch.Tensor):
+        d = diagnostics[phase]
+        d["step"].append(step)
+        for k, v in agent.balance_diagnostics(obs).items():
+            d.setdefault(k, []).append(float(v))
+            log.scalar(phase, f"diagnostics/{k}", float(v), step)
+
     # ---------------- offline phase: β uniform in [β_lo, β_hi] for the actor ----------------
     beta_summary: dict = {}
     t0 = time.time()
     for step in range(1, args.offline_steps + 1):
-        info = agent.update(sample(), online=False)
+        batch = sample()
+        info = agent.update(batch, online=False)
         if step % args.log_freq == 0:
             log_losses("offline", step, info)
+            log_diagnostics("offline", step, batch["obs"])
             sps = step / (time.time() - t0)
             log.scalar("offline", "charts/SPS", sps, step)
             if step % (10 * args.log_freq) == 0:
@@ -885,7 +980,7 @@ def main(args: Args) -> dict:
                     f"actor loss {float(info['actor_loss']):.3f}, Q {float(info['qf1_values']):.1f}",
                     flush=True,
                 )
-        if step % args.eval_freq == 0 or step == args.offline_steps:
+        if eval_due(step, args.offline_steps, args, online=False):
             beta_summary["offline_final_eval"] = run_eval("offline", step)
     offline_time = time.time() - t0
 
@@ -899,6 +994,8 @@ def main(args: Args) -> dict:
         env.action_space.seed(args.seed)
         obs, _ = env.reset(seed=args.seed)
         ep_ret, ep_len, acting = 0.0, 0, BetaStats(args.beta_lo, args.beta_hi)
+        # the policy fine-tuning starts from, on the online curve at env step 0 (before any interaction or update)
+        beta_summary["online_final_eval"] = run_eval("online", 0)
         for step in range(1, args.online_steps + 1):
             a, beta = agent.act(obs, deterministic=False)
             acting.add(beta)
@@ -911,15 +1008,17 @@ def main(args: Args) -> dict:
                 log.scalar("online", "charts/episodic_length", ep_len, step)
                 obs, _ = env.reset()
                 ep_ret, ep_len = 0.0, 0
-            info = agent.update(sample(), online=True)
+            batch = sample()
+            info = agent.update(batch, online=True)
             online_updates += 1
             if step % args.log_freq == 0:
                 log_losses("online", step, info)
+                log_diagnostics("online", step, batch["obs"])
                 sps = step / (time.time() - t1)
                 log.scalar("online", "charts/SPS", sps, step)
                 if step % (10 * args.log_freq) == 0:
                     print(f"[online] step {step}/{args.online_steps}: {sps:.0f} env+grad steps/s", flush=True)
-            if step % args.eval_freq == 0 or step == args.online_steps:
+            if eval_due(step, args.online_steps, args, online=True):
                 s = log_beta(log, "online", step, acting.flush(), "charts")
                 if s is not None:
                     beta_summary["online_acting_last_window"] = s
@@ -966,6 +1065,7 @@ def main(args: Args) -> dict:
             online_steps_per_s=args.online_steps / (online_time - eval_time["online"]) if args.online_steps else None,
         ),
         beta=beta_summary,
+        diagnostics=diagnostics,
     )
     eval_env.close()
     return summary

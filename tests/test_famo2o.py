@@ -146,6 +146,117 @@ def test_awac_evaluates_the_critic_only_on_actions_in_the_box():
     assert all(a.abs().max() <= 1.0 for a in seen)
 
 
+def test_batch_mean_weight_warns_with_adaptive_beta(capsys):
+    famo2o.validate(famo2o.Args(weight_mode="batch_mean"))
+    assert "warning: --weight-mode batch_mean" in capsys.readouterr().err
+    for quiet in (dict(weight_mode="batch_mean", balance="fixed"), dict(weight_mode="per_sample")):
+        famo2o.validate(famo2o.Args(**quiet))
+        assert "warning" not in capsys.readouterr().err
+
+
+def test_balance_diagnostics_match_hand_computation():
+    agent = make_agent()
+    obs = random_batch()["obs"]
+    d = agent.balance_diagnostics(obs)
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in d.values())
+    for m in (agent.actor, agent.balance, agent.q, agent.q_target):
+        assert all(p.grad is None for p in m.parameters()), "diagnostics must not leave gradients behind"
+    beta = agent.balance.mode(obs)
+    assert float(d["beta_mean"]) == pytest.approx(float(beta.mean()))
+    assert float(d["beta_std"]) == pytest.approx(float(beta.std(unbiased=False)))
+
+    def q_at(b: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return agent.q_target(obs, agent.actor(obs, famo2o.encode_beta(b))[0]).min(0).values
+
+    h = 1e-2  # central finite difference of min Q_targ(s, μ_u(s, enc(β))) in β, per state
+    fd = ((q_at(beta + h) - q_at(beta - h)) / (2 * h)).abs().mean()
+    assert float(d["dq_dbeta"]) == pytest.approx(float(fd), rel=0.05)
+    with torch.no_grad():
+        lo = agent.actor(obs, famo2o.encode_beta(torch.full((64,), 1.0)))[0]
+        hi = agent.actor(obs, famo2o.encode_beta(torch.full((64,), 5.0)))[0]
+    assert float(d["action_spread"]) == pytest.approx(float((hi - lo).abs().mean()))
+    # α = 1 and β ∈ [1, 5]: |dQ/dβ|·(5 − 1)/(4α) is |dQ/dβ| itself
+    assert float(d["alpha"]) == pytest.approx(1.0)
+    assert float(d["q_entropy_ratio"]) == pytest.approx(float(d["dq_dbeta"]))
+    d = make_agent(balance="fixed").balance_diagnostics(obs)
+    assert float(d["beta_mean"]) == pytest.approx(3.0) and float(d["beta_std"]) == 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU-readiness: no host synchronisation in the update step
+# ------------------------------------------------------------------------------------------------
+def test_update_returns_tensors_not_floats():
+    for base, balance, online in (("iql", "adaptive", False), ("iql", "adaptive", True), ("awac", "fixed", True)):
+        info = make_agent(base, balance).update(random_batch(), online=online)
+        bad = {k: type(v).__name__ for k, v in info.items() if not isinstance(v, torch.Tensor) or v.requires_grad}
+        assert not bad, f"update must return detached tensors (the loop converts them when it logs): {bad}"
+
+
+def test_update_does_not_build_torch_distributions(monkeypatch):
+    # torch.distributions validates its arguments by default, a device sync per call: the log-densities are closed-form
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.distributions.Normal used in the update")
+
+    monkeypatch.setattr(torch.distributions, "Normal", refuse)
+    for base in ("iql", "awac"):
+        make_agent(base).update(random_batch(), online=True)
+
+
+def test_acting_copies_to_the_host_once_per_step(monkeypatch):
+    agent = make_agent()
+    calls = []
+
+    def counting(name):
+        orig = getattr(torch.Tensor, name)
+
+        def wrapped(self, *args, **kwargs):
+            calls.append(name)
+            return orig(self, *args, **kwargs)
+
+        return wrapped
+
+    for name in ("cpu", "item", "__float__", "tolist"):  # the ways a device value reaches the host
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    a, beta = agent.act(np.zeros(3, dtype=np.float32), deterministic=False)
+    monkeypatch.undo()
+    assert calls == ["cpu"], calls
+    assert a.shape == (1,) and isinstance(beta, float) and 1.0 <= beta <= 5.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_updates_do_not_synchronize_the_gpu():
+    device = torch.device("cuda")
+    for base, balance in (("iql", "adaptive"), ("awac", "adaptive"), ("iql", "fixed")):
+        torch.manual_seed(0)
+        agent = famo2o.FamO2O(3, 1, famo2o.Args(base=base, balance=balance), device)
+        buffer = famo2o.ReplayBuffer(3, 1, 1000, device)
+        b = random_batch(1000)
+        buffer.add_batch(b["obs"].numpy(), b["act"].numpy(), b["rew"].numpy(), b["next_obs"].numpy(), np.zeros(1000))
+        agent.update(buffer.sample(256), online=False)  # warm-up: lazy CUDA/cuBLAS initialisation may synchronize
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for online in (False, False, True, True):
+                agent.update(buffer.sample(256), online=online)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation schedule
+# ------------------------------------------------------------------------------------------------
+def test_eval_due_schedule():
+    args = famo2o.Args(eval_freq=100, early_eval_freq=10, early_eval_until=30)
+    online = [t for t in range(1, 251) if famo2o.eval_due(t, 250, args, online=True)]
+    assert online == [10, 20, 30, 100, 200, 250]
+    offline = [t for t in range(1, 251) if famo2o.eval_due(t, 250, args, online=False)]
+    assert offline == [100, 200, 250]  # the early schedule is for the online phase only
+    args = famo2o.Args(eval_freq=100)
+    assert [t for t in range(1, 251) if famo2o.eval_due(t, 250, args, online=True)] == [100, 200, 250]
+
+
 def test_advantage_weights_match_hand_computation():
     beta = torch.tensor([1.0, 2.0, 3.0])
     adv = torch.tensor([0.5, -1.0, 3.0])
@@ -227,7 +338,8 @@ def test_learns_offline_and_online_does_not_collapse(base, minari_root, tmp_path
     )
     assert s["offline_gradient_steps"] == 3000 and s["online_env_steps"] == 500 and s["online_gradient_steps"] == 500
     phases = [e["phase"] for e in s["evaluations"]]
-    assert phases.count("offline") == 6 and phases.count("online") == 1
+    # online: at env step 0 (the policy fine-tuning starts from) and at the end
+    assert phases.count("offline") == 6 and [e["step"] for e in s["evaluations"] if e["phase"] == "online"] == [0, 500]
     # `offline` comes from the offline evaluations (last one at the end of the offline phase), `online` from online
     assert (
         s["offline"]["final_score"] == [e for e in s["evaluations"] if e["phase"] == "offline"][-1]["normalized_score"]
@@ -265,11 +377,29 @@ TINY_RUN = ("--offline-steps", "30", "--online-steps", "30", "--eval-freq", "30"
 
 
 def test_fixed_beta_ablation_and_batch_mean_weight_run(minari_root, tmp_path):
-    fixed = ("--balance", "fixed", "--fixed-beta", "2.0", "--log-freq", "10")
+    fixed = ("--balance", "fixed", "--fixed-beta", "2.0", "--log-freq", "10", "--early-eval-freq", "4")
     s = run_algo(
-        SCRIPT, "--dataset-id", DATASET, *fixed, *TINY_RUN, minari_root=minari_root, run_dir=tmp_path / "fixed"
+        SCRIPT,
+        "--dataset-id",
+        DATASET,
+        *fixed,
+        *TINY_RUN,
+        "--early-eval-until",
+        "10",
+        minari_root=minari_root,
+        run_dir=tmp_path / "fixed",
     )
     assert s["beta"]["online_final_eval"]["std"] == 0.0 and s["beta"]["online_final_eval"]["mean"] == 2.0
+    # online evaluations: env step 0, the early schedule (every 4 up to 10), and the end
+    assert [e["step"] for e in s["evaluations"] if e["phase"] == "online"] == [0, 4, 8, 30]
+    assert s["online"]["best_score"] == max(e["normalized_score"] for e in s["evaluations"] if e["phase"] == "online")
+    # balance diagnostics: per phase, one value per logging step
+    for phase in ("offline", "online"):
+        d = s["diagnostics"][phase]
+        assert d["step"] == [10, 20, 30]
+        for key in ("beta_mean", "beta_std", "dq_dbeta", "action_spread", "q_entropy_ratio", "alpha"):
+            assert len(d[key]) == 3 and all(isinstance(v, float) and math.isfinite(v) for v in d[key]), key
+        assert d["beta_mean"] == [2.0] * 3 and d["beta_std"] == [0.0] * 3
     batch = ("--weight-mode", "batch_mean", "--reward-scale-mode", "none", "--save-model")
     s = run_algo(
         SCRIPT, "--dataset-id", DATASET, *batch, *TINY_RUN, minari_root=minari_root, run_dir=tmp_path / "batch"
@@ -287,6 +417,8 @@ def test_fixed_beta_ablation_and_batch_mean_weight_run(minari_root, tmp_path):
         (dict(beta_lo=6.0, beta_hi=2.0), "--beta-lo < --beta-hi"),
         (dict(base="cql"), "--base 'cql' is unknown"),
         (dict(balance="learned"), "--balance 'learned' is unknown"),
+        (dict(early_eval_freq=-1), "--early-eval-freq and --early-eval-until must be ≥ 0"),
+        (dict(early_eval_freq=5), "--early-eval-freq > 0 needs --early-eval-until > 0"),
         (dict(dataset_id="o2o/pendulum/nonexistent-v0"), "is not on the local disk"),
     ],
 )
@@ -305,3 +437,9 @@ def test_bad_input_from_the_command_line(minari_root, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "--base 'cql' is unknown; choose one of iql, awac" in proc.stderr and "Traceback" not in proc.stderr
     assert not run_dir.exists()
+
+
+def test_help_says_batch_mean_cannot_adapt_beta(minari_root):
+    proc = run_cli(SCRIPT, "--help", minari_root=minari_root)
+    assert proc.returncode == 0, proc.stderr
+    assert "cannot learn different" in " ".join(proc.stdout.split())
