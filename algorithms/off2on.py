@@ -46,9 +46,10 @@ Deviations from the paper / official code:
   their (equally fresh) values instead of strictly the last.
 - One Adam with parameter groups replaces the separate Adams (Q1 stack, Q2 stack, actor, α, w_ψ); Adam is elementwise,
   so this is the same update. All losses use pre-update parameters, as in the official single forward pass.
-- Evaluation runs `eval_episodes` complete deterministic episodes at the first epoch boundary at or after each
-  multiple of `eval_freq` environment steps and at the end (official: 5000 steps before every epoch). The evaluation
-  right before online training is the final offline evaluation, so it is not repeated as an online one.
+- Evaluation runs `eval_episodes` complete deterministic episodes (official: 5000 steps before every epoch) online at
+  env step 0 (before any online interaction, the policy fine-tuning starts from), at the first epoch boundary at or
+  after each multiple of `eval_freq` environment steps (and of `early_eval_freq` up to `early_eval_until`), and at
+  the end.
 - The offline phase is evaluated with the fused policy, i.e. the policy that starts fine-tuning.
 - Online episodes end at the environment's own time limit (a truncation, bootstrapped), like the official max path
   length on the unwrapped env. Epoch length and first-epoch multiplier are flags; the multiplier scales the first
@@ -118,7 +119,14 @@ class Args:
     online_steps: int = 20_000
     """number of online environment steps (paper: 250_000; 0 skips the online phase)"""
     eval_freq: int = 5_000
-    """evaluate every this many steps (gradient steps offline, environment steps online, at epoch boundaries)"""
+    """evaluate every this many steps (gradient steps offline; environment steps online, at the first epoch boundary
+    at or after each due step)"""
+    early_eval_freq: int = 0
+    """online phase: also evaluate every this many env steps during the first `early_eval_until` env steps, to
+    resolve the start-of-fine-tuning dip (0: off); online evaluations run at the first epoch boundary at or after
+    each due step"""
+    early_eval_until: int = 0
+    """online phase: env steps over which `early_eval_freq` applies"""
     eval_episodes: int = 10
     """number of deterministic evaluation episodes"""
     batch_size: int = 256
@@ -811,11 +819,27 @@ def load_offline_checkpoint(path: str, expected: dict) -> dict:
     return ckpt
 
 
+def online_eval_due(args: Args, lo: int, hi: int) -> bool:
+    """Whether an online evaluation fell due at an env step t in (lo, hi]: t % eval_freq == 0, or an early step
+    (t <= early_eval_until and t % early_eval_freq == 0). The loop asks at each epoch boundary hi (previous
+    boundary lo), so each due step is evaluated at the first boundary at or after it; step 0 and the last step
+    are always evaluated."""
+    if (lo // args.eval_freq + 1) * args.eval_freq <= hi:
+        return True
+    if args.early_eval_freq > 0:
+        first_early = (lo // args.early_eval_freq + 1) * args.early_eval_freq
+        return first_early <= min(hi, args.early_eval_until)
+    return False
+
+
 def validate(args: Args):
     checks = [
         (args.offline_steps >= 0, "--offline-steps must be >= 0"),
         (args.online_steps >= 0, "--online-steps must be >= 0"),
         (args.eval_freq > 0, "--eval-freq must be > 0"),
+        (args.early_eval_freq >= 0, "--early-eval-freq must be >= 0"),
+        (args.early_eval_until >= 0, "--early-eval-until must be >= 0"),
+        (args.early_eval_freq == 0 or args.early_eval_until > 0, "--early-eval-freq > 0 needs --early-eval-until > 0"),
         (args.eval_episodes > 0, "--eval-episodes must be > 0"),
         (args.batch_size > 0, "--batch-size must be > 0"),
         (args.ensemble_size >= 1, "--ensemble-size must be >= 1"),
@@ -951,6 +975,7 @@ def main(args: Args) -> dict:
     env_steps = grad_steps = 0
     last_epoch_stats: dict = {}  # the last epoch's mean losses and replay statistics, for the summary
     online_grad_time = 0.0
+    diagnostics: dict = {}
     if args.online_steps > 0:
         n_off = storage.n_offline
         # fresh α = 1, fresh optimizers and hard-copied targets at the boundary
@@ -978,13 +1003,19 @@ def main(args: Args) -> dict:
         if not isinstance(env.observation_space, gym.spaces.Box):
             env = gym.wrappers.FlattenObservation(env)
         env.action_space.seed(args.seed)
-        if log.evals and log.evals[-1]["normalized_score"] is not None:  # the curve starts at the offline policy
-            log.scalar("online", "eval/normalized_score", log.evals[-1]["normalized_score"], 0)
-        next_eval, epoch, first_reset = args.eval_freq, 0, True
+        run_eval("online", 0)  # the online curve starts at the policy fine-tuning starts from
+        prev_boundary, epoch, first_reset = 0, 0, True
+        # per-epoch curves for summary.json (also in TensorBoard under online/replay/): the online share of the RL
+        # batches; under balanced replay the mean density ratio w_ψ on the online and offline w-batches and the mean
+        # priority of the RL batches' online and offline samples (None for an epoch that drew none of that kind)
+        keys = ["online_fraction"]
+        if args.replay == "balanced":
+            keys += ["density_ratio_online", "density_ratio_offline", "priority_online", "priority_offline"]
+        diagnostics = dict(env_steps=[], **{k: [] for k in keys})
         while env_steps < args.online_steps:
-            if env_steps >= next_eval:  # deterministic evaluation before the epoch's training
+            if env_steps > 0 and online_eval_due(args, prev_boundary, env_steps):  # before the epoch's training
                 run_eval("online", env_steps)
-                next_eval += args.eval_freq * ((env_steps - next_eval) // args.eval_freq + 1)
+            prev_boundary = env_steps
             # collect: a fresh reset each epoch, stochastic fused policy
             n_collect = min(args.epoch_env_steps, args.online_steps - env_steps)
             obs, _ = env.reset(seed=args.seed) if first_reset else env.reset()
@@ -1014,7 +1045,7 @@ def main(args: Args) -> dict:
             # env steps it collected (rounded), so the total stays online_steps / epoch_env_steps x epoch_grad_steps
             full = args.epoch_grad_steps * (args.first_epoch_multiplier if epoch == 0 else 1)
             n_grad = int(full * n_collect / args.epoch_env_steps + 0.5)
-            t_grad, sums = time.time(), {}
+            t_grad, sums, psums = time.time(), {}, {}
             for _ in range(n_grad):
                 if args.replay == "balanced":
                     idx = sampler.sample(args.batch_size)
@@ -1027,15 +1058,28 @@ def main(args: Args) -> dict:
                 else:
                     idx, w_batches = torch.randint(n_off, storage.size, (args.batch_size,), device=device), None
                 stats, priority = online_update(args, agent, opt, storage.get(idx), w_batches)
+                is_online = (idx >= n_off).float()
+                stats["online_fraction"] = is_online.mean()
                 if priority is not None:
                     sampler.update(idx, priority)
-                stats["online_fraction"] = (idx >= n_off).float().mean()
+                    # priority sums and counts over the RL batch's online and offline samples (device tensors,
+                    # reduced once per epoch): the per-epoch means are what balanced replay gives each kind of data
+                    for k, v in (("online", priority * is_online), ("n_online", is_online),
+                                 ("offline", priority * (1 - is_online)), ("n_offline", 1 - is_online)):  # fmt: skip
+                        psums[k] = psums.get(k, 0.0) + v.sum()
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 grad_steps += 1
             online_grad_time += time.time() - t_grad
             if n_grad > 0:
                 means = last_epoch_stats = {k: float(v) / n_grad for k, v in sums.items()}
+                for part in ("online", "offline") if psums else ():
+                    count = float(psums[f"n_{part}"])
+                    if count > 0:
+                        means[f"priority_{part}"] = float(psums[part]) / count
+                diagnostics["env_steps"].append(env_steps)
+                for k in diagnostics.keys() - {"env_steps"}:
+                    diagnostics[k].append(means.get(k))
                 for k, v in means.items():
                     group = "replay" if k.startswith(("density", "priority", "online_fraction")) else "losses"
                     log.scalar("online", f"{group}/{k}", v, env_steps)
@@ -1083,6 +1127,7 @@ def main(args: Args) -> dict:
         offline_gradient_steps_per_second=(args.offline_steps / offline_grad_time) if trained_offline else None,
         online_gradient_steps_per_second=(grad_steps / online_grad_time) if grad_steps else None,
         online_last_epoch=last_epoch_stats or None,
+        diagnostics=diagnostics,
         device=str(device),
     )
 

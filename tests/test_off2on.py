@@ -269,8 +269,9 @@ def test_unknown_dataset_fails_cleanly(minari_root, tmp_path):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("ensemble_size", 0), ("init_online_fraction", 1.0), ("offline_steps", -1), ("temperature", 0.0)],
-)
+    [("ensemble_size", 0), ("init_online_fraction", 1.0), ("offline_steps", -1), ("temperature", 0.0),
+     ("early_eval_freq", -1), ("early_eval_until", -1), ("early_eval_freq", 5)],  # the last: no early_eval_until
+)  # fmt: skip
 def test_bad_flags_are_rejected(field, value, capsys):
     with pytest.raises(SystemExit) as exc:
         o.validate(o.Args(**{field: value}))
@@ -353,6 +354,40 @@ def test_partial_last_epoch_scales_its_gradient_steps(minari_root, tmp_path):
     assert s["online_env_steps"] == 25 and s["online_gradient_steps"] == 6 + 2 + 1
 
 
+def test_online_eval_schedule():
+    """Due at t: t % eval_freq == 0, or t <= early_eval_until and t % early_eval_freq == 0; asked per epoch boundary."""
+    args = o.Args(eval_freq=20, early_eval_freq=6, early_eval_until=12)
+    due = [hi for lo, hi in zip(range(0, 40, 4), range(4, 44, 4)) if o.online_eval_due(args, lo, hi)]
+    assert due == [8, 12, 20, 40]  # 6 -> boundary 8, 12, 20, 40; 18 and 24 are past early_eval_until
+    assert [hi for hi in range(1, 50) if o.online_eval_due(o.Args(eval_freq=20), hi - 1, hi)] == [20, 40]
+
+
+def test_online_evaluations_and_diagnostics(minari_root, tmp_path):
+    """Online evaluations at step 0, at the first epoch boundary at or after each due step, and at the end; the
+    per-epoch replay diagnostics land in summary.json and TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    s = run_algo(SCRIPT, "--dataset-id", "o2o/pendulum/medium-v0", "--eval-episodes", "1", "--batch-size", "16",
+                 "--ensemble-size", "1", "--offline-steps", "0", "--online-steps", "30", "--epoch-env-steps", "4",
+                 "--epoch-grad-steps", "1", "--first-epoch-multiplier", "1", "--weight-net-batch-size", "8",
+                 "--eval-freq", "20", "--early-eval-freq", "6", "--early-eval-until", "12",
+                 minari_root=minari_root, run_dir=tmp_path / "run")  # fmt: skip
+    online = [e for e in s["evaluations"] if e["phase"] == "online"]
+    assert [e["step"] for e in online] == [0, 8, 12, 20, 30]
+    assert s["online"]["best_return"] == max(e["mean_return"] for e in online)
+    d = s["diagnostics"]
+    assert d["env_steps"] == [4, 8, 12, 16, 20, 24, 28, 30]
+    for k in ("online_fraction", "density_ratio_online", "density_ratio_offline", "priority_online",
+              "priority_offline"):  # fmt: skip
+        assert len(d[k]) == len(d["env_steps"]) and all(isinstance(v, float) for v in d[k] if v is not None), k
+    assert all(0.0 <= v <= 1.0 for v in d["online_fraction"]) and d["online_fraction"][-1] > 0
+    assert all(1e-3 <= v <= 1e3 for k in ("priority_online", "priority_offline") for v in d[k] if v is not None)
+    tb = EventAccumulator(str(tmp_path / "run")).Reload()
+    assert [e.step for e in tb.Scalars("online/eval/episodic_return")] == [0, 8, 12, 20, 30]
+    for k in ("online_fraction", "priority_online", "priority_offline", "density_ratio_online"):
+        assert [e.step for e in tb.Scalars(f"online/replay/{k}")][-1] == 30, k
+
+
 # ---------------------------------------------------------------- learning (subprocess runs)
 # Budget flags only (the networks keep their 2x256 default): 2 members, minibatch 64, 2 CQL actions per source,
 # 3000 offline steps, 3000 online steps in epochs of 1000 env + 1000 gradient steps.
@@ -380,7 +415,8 @@ def test_offline_ensemble_learns_and_balanced_finetuning_holds(minari_root, tmp_
     offline = [e for e in s["evaluations"] if e["phase"] == "offline"]
     online = [e for e in s["evaluations"] if e["phase"] == "online"]
     # offline entry = evaluations of the offline phase, the last at its end; online entry = after online training
-    assert offline[-1]["step"] == 3000 and [e["step"] for e in online] == [1000, 2000, 3000]
+    assert offline[-1]["step"] == 3000 and [e["step"] for e in online] == [0, 1000, 2000, 3000]
+    assert online[0]["mean_return"] == pytest.approx(offline[-1]["mean_return"])  # the same policy, seeded the same
     assert s["offline"]["final_score"] == offline[-1]["normalized_score"]
     assert s["offline"]["final_score"] >= OFFLINE_THRESHOLD
     assert s["online"]["final_score"] >= s["offline"]["final_score"] - ONLINE_TOLERANCE
