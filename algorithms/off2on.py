@@ -1026,10 +1026,9 @@ def main(args: Args) -> dict:
                     mu, std = fused_policy(
                         agent["actor"], torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
                     )
-                    a_unit = tanh_normal_sample(mu, std)[0].view(-1)
-                a_env = (a_unit * act_scale_t + act_bias_t).cpu().numpy()
-                next_obs, r, terminated, truncated, _ = env.step(a_env)
-                for k, v in zip(ReplayStorage.KEYS, (obs, a_unit.cpu().numpy(), r, next_obs, float(terminated))):
+                    a_unit = tanh_normal_sample(mu, std)[0].view(-1).cpu().numpy()  # the one transfer per env step
+                next_obs, r, terminated, truncated, _ = env.step(a_unit * act_scale + act_bias)
+                for k, v in zip(ReplayStorage.KEYS, (obs, a_unit, r, next_obs, float(terminated))):
                     rows[k].append(v)
                 env_steps += 1
                 ep_ret, ep_len = ep_ret + float(r), ep_len + 1

@@ -388,6 +388,63 @@ def test_online_evaluations_and_diagnostics(minari_root, tmp_path):
         assert [e.step for e in tb.Scalars(f"online/replay/{k}")][-1] == 30, k
 
 
+def _tiny_agent_and_batches(device, n=2, b=16, obs_dim=3, act_dim=2):
+    args = o.Args(ensemble_size=n, batch_size=b, cql_n_actions=2, weight_net_batch_size=b)
+    agent = o.make_agent(args, obs_dim, act_dim, device)
+    agent["w_net"] = o.density_ratio_net(obs_dim, act_dim, 64).to(device)
+    agent["log_alpha_online"] = torch.zeros((), device=device, requires_grad=True)  # online: one α
+    params = [*agent["actor"].parameters(), *agent["critic"].parameters(), *agent["w_net"].parameters(),
+              agent["log_alpha"], agent["log_alpha_online"], agent["log_alpha_prime"]]  # fmt: skip
+    opt = torch.optim.Adam(params, lr=1e-4)
+    data = dict(observations=torch.randn(200, obs_dim).numpy(), actions=(torch.rand(200, act_dim) * 2 - 1).numpy(),
+                rewards=torch.randn(200).numpy(), next_observations=torch.randn(200, obs_dim).numpy(),
+                terminals=torch.zeros(200).numpy())  # fmt: skip
+    storage = o.ReplayStorage(data, 300, [1.0] * act_dim, [0.0] * act_dim, device)
+    storage.add(*(v[:50] for v in (data["observations"], data["actions"], data["rewards"],
+                                   data["next_observations"], data["terminals"])))  # fmt: skip
+    sampler = o.ProportionalSampler(300, device)
+    sampler.add(250)
+    return args, agent, opt, storage, sampler
+
+
+def _hot_loop_step(args, agent, opt, storage, sampler, online_args):
+    """One offline and one online (balanced) step exactly as main's loops run them; returns what they return."""
+    n, b = args.ensemble_size, args.batch_size
+    offline_stats = o.offline_update(args, agent, opt, storage.get(storage.offline_indices((n, b))), bc=False)
+    bc_stats = o.offline_update(args, agent, opt, storage.get(storage.offline_indices((n, b))), bc=True)
+    idx = sampler.sample(b)
+    w_batches = (storage.get(storage.online_indices(b, 100)), storage.get(storage.offline_indices((b,))))
+    online_agent = {**agent, "log_alpha": agent["log_alpha_online"]}
+    online_stats, priority = o.online_update(online_args, online_agent, opt, storage.get(idx), w_batches)
+    sampler.update(idx, priority)
+    return offline_stats, bc_stats, online_stats, priority
+
+
+def test_update_functions_return_tensors_not_floats():
+    """The hot loops reduce statistics to floats only when they log: every update returns device tensors."""
+    torch.manual_seed(0)
+    args, agent, opt, storage, sampler = _tiny_agent_and_batches("cpu")
+    online_args = o.Args(**{**vars(args), "online_cql": True, "cql_lagrange": True})
+    for stats in _hot_loop_step(args, agent, opt, storage, sampler, online_args)[:3]:
+        assert stats and all(isinstance(v, torch.Tensor) and not v.requires_grad for v in stats.values()), stats
+    assert isinstance(sampler.max_p, torch.Tensor)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_hot_loops_never_synchronise_the_gpu():
+    torch.manual_seed(0)
+    args, agent, opt, storage, sampler = _tiny_agent_and_batches(torch.device("cuda"))
+    online_args = o.Args(**{**vars(args), "online_cql": True})
+    _hot_loop_step(args, agent, opt, storage, sampler, online_args)  # warm-up: lazy optimizer state
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            _hot_loop_step(args, agent, opt, storage, sampler, online_args)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 # ---------------------------------------------------------------- learning (subprocess runs)
 # Budget flags only (the networks keep their 2x256 default): 2 members, minibatch 64, 2 CQL actions per source,
 # 3000 offline steps, 3000 online steps in epochs of 1000 env + 1000 gradient steps.
