@@ -53,7 +53,8 @@ Deviations from the paper / official code:
 - The offline phase is evaluated with the fused policy, i.e. the policy that starts fine-tuning.
 - Online episodes end at the environment's own time limit (a truncation, bootstrapped), like the official max path
   length on the unwrapped env. Epoch length and first-epoch multiplier are flags; the multiplier scales the first
-  epoch's gradient steps only.
+  epoch's gradient steps only. When `online_steps` is not a multiple of the epoch length, the partial last epoch
+  (official runs have none) trains `epoch_grad_steps` in proportion to the env steps it collected.
 - Defaults follow the official README demo where it overrides the code: `first_epoch_multiplier` 5 (code: 10),
   `init_online_fraction` 0.75 (code: 0.5).
 - The three buffers (offline, online FIFO, prioritized) share one storage: offline rows first, online rows appended;
