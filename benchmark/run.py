@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmark"))
 import make_datasets  # noqa: E402
 
 ALGORITHMS = ("uni_o4", "off2on", "famo2o")
+OFFLINE_CHECKPOINT = "offline_ensemble.pt"  # what `off2on.py --save-model` writes and `--load-offline` reads
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,13 @@ class Cell:
     dataset: str
     seed: int
     flags: tuple[str, ...] = ()
+    load_from: Optional["Cell"] = None  # an offline-only cell whose saved offline phase this cell starts from
 
     def run_dir(self, out: Path) -> Path:
         return out / "runs" / self.label / self.dataset.replace("/", "_") / f"seed{self.seed}"
 
     def command(self, out: Path) -> list[str]:
+        load = ["--load-offline", str(self.load_from.run_dir(out) / OFFLINE_CHECKPOINT)] if self.load_from else []
         return [
             sys.executable,
             str(ROOT / "algorithms" / f"{self.algo}.py"),
@@ -65,6 +68,7 @@ class Cell:
             "--run-dir",
             str(self.run_dir(out)),
             *self.flags,
+            *load,
         ]
 
 
@@ -128,6 +132,47 @@ ABLATIONS = {
         "bc-only": "--offline-steps 0",
     },
 }
+# mujoco-cpu: each paper's central claim beside its own baseline on locomotion, sized for a 2-core CPU machine
+# (every cell ≤ 90 min on one thread). Seeds per dataset: the primary dataset gets 3, the secondary 2.
+CPU_DATASETS = {"o2o/hopper/medium-replay-v0": 3, "o2o/halfcheetah/medium-replay-v0": 2}
+# 10-episode evaluations, every 5k steps, and every 1k (Uni-O4: every 2048-step rollout) in the first 10k online
+# env steps, where the start-of-fine-tuning dip is. Reductions from the papers' settings are listed in CPU_REDUCTIONS.
+CPU_EVAL = "--eval-freq 5000 --eval-episodes 10 --early-eval-freq 1000 --early-eval-until 10000"
+CPU_BUDGET = {
+    "uni_o4": (
+        "--value-steps 20000 --q-hidden-dim 256 --v-hidden-dim 256 --bc-steps 10000 --dyn-max-epochs 20 "
+        "--offline-steps 300 --online-steps 100000 "
+        "--eval-freq 5000 --eval-episodes 10 --early-eval-freq 2048 --early-eval-until 20480"
+    ),
+    "off2on": f"--offline-steps 5000 --cql-n-actions 4 --online-steps 25000 {CPU_EVAL}",
+    "famo2o": f"--offline-steps 20000 --online-steps 25000 {CPU_EVAL}",
+}
+CPU_REDUCTIONS = {  # what the budget above changes from each file's paper settings, for the results table
+    "uni_o4": "value steps 2M→20k, Q/V width 1024/512→256, BC steps 400k→10k, dynamics ≤20 epochs, "
+    "300 improvement steps (paper 10k), online 1M→100k env steps",
+    "off2on": "offline 1M→5k steps per member, CQL actions 10→4 per source, online 250k→25k env steps",
+    "famo2o": "offline 1M→20k steps, online 1M→25k env steps",
+}
+CPU_ARMS = {
+    "off2on": {
+        "balanced": "--replay balanced",
+        "uniform": "--replay uniform",
+        "online-only": "--replay online-only",
+        "single-cql": "--ensemble-size 1 --replay uniform",  # the paper's plain baseline: one CQL agent, uniform replay
+    },
+    "famo2o": {"adaptive": "--base iql --balance adaptive", "fixed": "--base iql --balance fixed"},
+    "uni_o4": {"ope-gated": "", "bc-only": "--offline-steps 0"},
+}
+# arms whose offline phase is identical: one offline-only cell per dataset × seed trains and saves it, they load it
+SHARED_OFFLINE = {"off2on": ("balanced", "uniform", "online-only")}
+# (claim, baseline) pairs the results compare: the paper says the first beats the second
+CLAIMS = [
+    ("off2on[balanced]", "off2on[uniform]"),
+    ("off2on[balanced]", "off2on[online-only]"),
+    ("off2on[balanced]", "off2on[single-cql]"),
+    ("famo2o[adaptive]", "famo2o[fixed]"),
+    ("uni_o4[ope-gated]", "uni_o4[bc-only]"),
+]
 MUJOCO_DATASETS = [
     f"o2o/{e}/{q}-v0"
     for e in ("hopper", "halfcheetah", "walker2d")
@@ -138,14 +183,15 @@ REMOTE_DATASETS = [f"mujoco/{e}/{q}-v0" for e in ("hopper", "halfcheetah", "walk
 
 @dataclass
 class Args:
-    preset: Literal["quickstart", "ablations", "mujoco-local", "minari-remote", "smoke"] = "quickstart"
+    preset: Literal["quickstart", "ablations", "mujoco-cpu", "mujoco-local", "minari-remote", "smoke"] = "quickstart"
     """which grid to run (see the README for each preset's budget)"""
     algorithms: list[str] = field(default_factory=lambda: list(ALGORITHMS))
     """restrict the grid to these algorithm files"""
     datasets: Optional[list[str]] = None
     """override the preset's dataset ids"""
-    seeds: int = 2
-    """number of seeds per cell (seeds start_seed, start_seed+1, ...)"""
+    seeds: Optional[int] = None
+    """number of seeds per cell (seeds start_seed, start_seed+1, ...); default 2, mujoco-cpu: 3 on hopper, 2 on
+    halfcheetah"""
     start_seed: int = 1
     """first seed"""
     extra_flags: str = ""
@@ -167,7 +213,11 @@ class Args:
 
 
 def build_grid(args: Args) -> list[Cell]:
-    seeds = range(args.start_seed, args.start_seed + args.seeds)
+    """The preset's cells, in the order they should start: dataset by dataset, seed by seed, so a grid stopped
+    part-way holds every arm of the first seeds; offline-only cells come before the cells that load them."""
+    if args.preset == "mujoco-cpu":
+        return _cpu_grid(args)
+    seeds = range(args.start_seed, args.start_seed + (args.seeds or 2))
     algos = [a for a in ALGORITHMS if a in args.algorithms]
     variants: dict[str, dict[str, str]] = {a: {a: ""} for a in algos}
     if args.preset in ("quickstart", "smoke"):
@@ -192,6 +242,28 @@ def build_grid(args: Args) -> list[Cell]:
     ]
 
 
+def _cpu_grid(args: Args) -> list[Cell]:
+    """mujoco-cpu: CPU_ARMS on CPU_DATASETS; the SHARED_OFFLINE arms load one `<algo>[offline]` cell's checkpoint.
+    Flags are budget, arm, --extra-flags, then the cell's role (offline-only / load), which nothing overrides."""
+    algos = sorted((a for a in ALGORITHMS if a in args.algorithms), key=lambda a: a not in SHARED_OFFLINE)
+    datasets = {d: args.seeds or CPU_DATASETS.get(d, 2) for d in (args.datasets or CPU_DATASETS)}
+    cells = []
+    for d, n_seeds in datasets.items():
+        for s in range(args.start_seed, args.start_seed + n_seeds):
+            for a in algos:
+                parent = None
+                if a in SHARED_OFFLINE:
+                    flags = f"{CPU_BUDGET[a]} {args.extra_flags} --online-steps 0 --save-model"
+                    parent = Cell(a, f"{a}[offline]", d, s, tuple(shlex.split(flags)))
+                    cells.append(parent)
+                for arm, arm_flags in CPU_ARMS[a].items():
+                    flags = tuple(shlex.split(f"{CPU_BUDGET[a]} {arm_flags} {args.extra_flags}"))
+                    cells.append(
+                        Cell(a, f"{a}[{arm}]", d, s, flags, parent if arm in SHARED_OFFLINE.get(a, ()) else None)
+                    )
+    return cells
+
+
 def ensure_local_datasets(datasets: list[str]):
     """Build any missing o2o/<env>/<quality>-v0 dataset with the local builder."""
     import minari
@@ -205,35 +277,69 @@ def ensure_local_datasets(datasets: list[str]):
                 raise SystemExit(f"error: could not build {d}; see the message above")
 
 
-def run_cell(cmd: list[str], run_dir: str, log_path: str, threads: int) -> tuple[int, float]:
+def run_cell(cmd: list[str], run_dir: str, log_file: str, threads: int) -> tuple[int, float]:
     """Run one cell's command in a fresh process; returns (exit code, seconds). Also the Ray task body."""
     shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished earlier attempt: start it again
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    os.makedirs(os.path.dirname(log_file), exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     t0 = time.time()
-    with open(log_path, "w") as log:
+    with open(log_file, "w") as log:
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
     return code, time.time() - t0
 
 
-def launch(cells: list[Cell], args: Args, out: Path) -> list[tuple[Cell, str]]:
-    """Run every cell; returns the failures as (cell, log path)."""
-    jobs = [
-        (c, str(c.run_dir(out)), str(out / "logs" / f"{c.label}__{c.dataset.replace('/', '_')}__{c.seed}.log"))
-        for c in cells
-    ]
-    failures, done = [], 0
+def unfinished(cells: list[Cell], out: Path) -> list[Cell]:
+    """Cells without a summary.json, plus any offline cell they load whose checkpoint is gone (checkpoints are not
+    committed with the results, so a fresh clone re-runs the offline cell before its remaining dependents)."""
+    todo = [c for c in cells if not (c.run_dir(out) / "summary.json").exists()]
+    parents = {c.load_from for c in todo if c.load_from is not None}
+    stale = {p for p in parents if not (p.run_dir(out) / OFFLINE_CHECKPOINT).exists()}
+    return [c for c in cells if c in todo or c in stale]
 
-    def report(cell, log, code, secs):
+
+def log_path(cell: Cell, out: Path) -> Path:
+    return out / "logs" / f"{cell.label}__{cell.dataset.replace('/', '_')}__{cell.seed}.log"
+
+
+def launch(cells: list[Cell], args: Args, out: Path, run=run_cell) -> list[tuple[Cell, str]]:
+    """Run every cell, each as soon as a worker is free and the cell it loads (if any) has finished; returns the
+    failures as (cell, log path). A cell whose parent failed is not run and counts as failed."""
+    failures, done = [], 0
+    waiting = list(cells)  # in build_grid's order
+    finished: set[Cell] = set()
+
+    def ready(c: Cell) -> bool:
+        p = c.load_from
+        return p is None or p in finished or (p not in cells and (p.run_dir(out) / "summary.json").exists())
+
+    def report(cell: Cell, code: int, secs: float, note: str = ""):
         nonlocal done
         done += 1
-        status = "ok" if code == 0 else f"FAILED (exit {code}, log {log})"
+        log = str(log_path(cell, out))
+        status = "ok" if code == 0 else f"FAILED (exit {code}, log {log}){note}"
         print(
-            f"[{done}/{len(jobs)}] {cell.label} {cell.dataset} seed {cell.seed}: {status} ({secs / 60:.1f} min)",
+            f"[{done}/{len(cells)}] {cell.label} {cell.dataset} seed {cell.seed}: {status} ({secs / 60:.1f} min)",
             flush=True,
         )
-        if code != 0:
+        if code == 0:
+            finished.add(cell)
+        else:
             failures.append((cell, log))
+            # the cells that load this one cannot run: report them failed now, with the reason
+            for c in [c for c in waiting if c.load_from == cell]:
+                waiting.remove(c)
+                log_path(c, out).parent.mkdir(parents=True, exist_ok=True)
+                log_path(c, out).write_text(f"not run: the offline cell it loads failed ({log})\n")
+                report(c, 1, 0.0, f" — its offline cell {cell.label} failed")
+
+    def next_ready() -> Optional[Cell]:
+        c = next((c for c in waiting if ready(c)), None)
+        if c is not None:
+            waiting.remove(c)
+        return c
+
+    def job(c: Cell):
+        return c.command(out), str(c.run_dir(out)), str(log_path(c, out)), args.threads
 
     if args.launcher == "ray":
         import ray
@@ -244,18 +350,31 @@ def launch(cells: list[Cell], args: Args, out: Path) -> list[tuple[Cell, str]]:
             log_to_driver=False,
             **({} if args.ray_address else {"num_cpus": args.workers * args.threads}),
         )
-        task = ray.remote(num_cpus=args.threads)(run_cell)
-        pending = {task.remote(c.command(out), rd, log, args.threads): (c, log) for c, rd, log in jobs}
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            cell, log = pending.pop(ready[0])
-            report(cell, log, *ray.get(ready[0]))
+        task = ray.remote(num_cpus=args.threads)(run)
+        submit = lambda c: task.remote(*job(c))  # noqa: E731
+        wait = lambda pending: ray.wait(list(pending), num_returns=1)[0][0]  # noqa: E731
+        result = ray.get
+        slots = len(cells)  # Ray queues tasks by their CPU request itself
+    else:
+        pool = ThreadPoolExecutor(args.workers)
+        submit = lambda c: pool.submit(run, *job(c))  # noqa: E731
+        wait = lambda pending: next(iter(as_completed(pending)))  # noqa: E731
+        result = lambda f: f.result()  # noqa: E731
+        slots = args.workers
+    pending: dict = {}
+    while waiting or pending:
+        while len(pending) < slots and (c := next_ready()) is not None:
+            pending[submit(c)] = c
+        if not pending:  # only cells whose parent is neither here nor finished: cannot happen via build_grid
+            for c in waiting:
+                report(c, 1, 0.0, " — the offline cell it loads has not finished")
+            break
+        ref = wait(pending)
+        report(pending.pop(ref), *result(ref))
+    if args.launcher == "ray":
         ray.shutdown()
     else:
-        with ThreadPoolExecutor(args.workers) as pool:
-            futures = {pool.submit(run_cell, c.command(out), rd, log, args.threads): (c, log) for c, rd, log in jobs}
-            for f in as_completed(futures):
-                report(*futures[f], *f.result())
+        pool.shutdown()
     return failures
 
 
@@ -263,25 +382,67 @@ def launch(cells: list[Cell], args: Args, out: Path) -> list[tuple[Cell, str]]:
 # Results: tables and plots
 # ---------------------------------------------------------------------------------------------
 PHASE_KEYS = ("offline_final", "offline_best", "online_final", "online_best")
+CLAIM_METRICS = ("offline_final", "online_final", "online_auc")  # what each claim is judged on
+OFFLINE_UNIT = {  # the x-axis of each file's offline curve
+    "famo2o": "gradient steps",
+    "off2on": "gradient steps (per member)",
+    "uni_o4": "improvement steps (after values, BC, dynamics)",
+}
+
+
+def _phase_curve(summary: dict, phase: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, scores) of a phase's evaluations in summary.json: normalized score, else raw return."""
+    ev = [e for e in summary["evaluations"] if e["phase"] == phase]
+    key = "normalized_score" if ev and ev[-1]["normalized_score"] is not None else "mean_return"
+    return np.array([e["step"] for e in ev], dtype=float), np.array([e[key] for e in ev], dtype=float)
+
+
+def online_auc(summary: dict) -> Optional[float]:
+    """Area under the online evaluation curve divided by its length in env steps: the score averaged over the
+    online phase (trapezoids between evaluations), so a dip after the offline→online switch lowers it."""
+    x, y = _phase_curve(summary, "online")
+    if len(x) == 0:
+        return None
+    return float(y[0]) if len(x) == 1 else float(np.trapezoid(y, x) / (x[-1] - x[0]))
+
+
+def _summary(cell: Cell, out: Path) -> Optional[dict]:
+    path = cell.run_dir(out) / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def load_results(cells: list[Cell], out: Path) -> list[dict]:
-    """One row per finished cell, from its summary.json."""
+    """One row per finished cell, from its summary.json (a cell that loaded a saved offline phase reports the offline
+    scores of the cell that trained it). Offline-only cells that others load are not rows of their own."""
+    parents = {c.load_from for c in cells if c.load_from is not None}
     rows = []
     for c in cells:
-        path = c.run_dir(out) / "summary.json"
-        if not path.exists():
+        s = _summary(c, out)
+        if s is None or c in parents:
             continue
-        s = json.loads(path.read_text())
+        offline_from = _summary(c.load_from, out) if c.load_from else s
         row = dict(label=c.label, dataset=c.dataset, seed=c.seed, wall_time_min=s["wall_time"] / 60)
-        for phase in ("offline", "online"):
-            p = s.get(phase) or {}
+        for phase, src in (("offline", offline_from), ("online", s)):
+            p = (src or {}).get(phase) or {}
             row[f"{phase}_final"], row[f"{phase}_best"] = p.get("final_score"), p.get("best_score")
-            row["metric"] = p.get("metric", row.get("metric"))
+        row["online_auc"] = online_auc(s)
         row["gradient_steps"] = sum(v for k, v in s.items() if k.endswith("gradient_steps") and isinstance(v, int))
         row["env_steps"] = s.get("online_env_steps", 0)
         rows.append(row)
     return rows
+
+
+def iqm_ci(values: list[float], reps: int = 2000) -> tuple[float, float, float]:
+    """Interquartile mean over seeds and its 95 % stratified-bootstrap confidence interval (rliable; one task, so
+    stratified = over seeds). With fewer than 4 seeds the IQM trims nothing and equals the mean."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    scores = {"x": np.asarray(values, dtype=float)[:, None]}
+    point, ci = rly.get_interval_estimates(
+        scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps, random_state=np.random.RandomState(0)
+    )
+    return float(point["x"][0]), float(ci["x"][0, 0]), float(ci["x"][1, 0])
 
 
 def _mean_std(values) -> str:
@@ -289,8 +450,82 @@ def _mean_std(values) -> str:
     return "—" if not v else f"{np.mean(v):.1f} ± {np.std(v):.1f}"
 
 
+def _iqm_str(values) -> str:
+    v = [x for x in values if x is not None]
+    if not v:
+        return "—"
+    m, lo, hi = iqm_ci(v)
+    return f"{m:.1f} [{lo:.1f}, {hi:.1f}]"
+
+
+def claim_verdicts(rows: list[dict]) -> list[dict]:
+    """For each CLAIMS pair present on a dataset: the IQM and CI of both arms per metric, and whether the intervals
+    separate (claim above baseline: 'holds'; below: 'reversed'; overlapping: 'inconclusive')."""
+    verdicts = []
+    for dataset in sorted({r["dataset"] for r in rows}):
+        by_label = {}
+        for r in rows:
+            if r["dataset"] == dataset:
+                by_label.setdefault(r["label"], []).append(r)
+        for claim, base in CLAIMS:
+            if claim not in by_label or base not in by_label:
+                continue
+            for metric in CLAIM_METRICS:
+                a = [r[metric] for r in by_label[claim] if r[metric] is not None]
+                b = [r[metric] for r in by_label[base] if r[metric] is not None]
+                if not a or not b:
+                    continue
+                (ma, la, ha), (mb, lb, hb) = iqm_ci(a), iqm_ci(b)
+                verdict = "holds" if la > hb else "reversed" if ha < lb else "inconclusive"
+                verdicts.append(
+                    dict(
+                        dataset=dataset,
+                        claim=claim,
+                        baseline=base,
+                        metric=metric,
+                        seeds=(len(a), len(b)),
+                        claim_iqm=(ma, la, ha),
+                        baseline_iqm=(mb, lb, hb),
+                        verdict=verdict,
+                    )  # fmt: skip
+                )
+    return verdicts
+
+
+def _flat_numbers(d: dict, prefix: str = "") -> dict[str, float]:
+    """Scalar view of a summary's diagnostics: numbers as they are, lists of numbers by their last value."""
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flat_numbers(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            flat[prefix + k] = float(v)
+        elif isinstance(v, list) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            flat[f"{prefix}{k}[-1]"] = float(v[-1])
+    return flat
+
+
+def write_diagnostics(cells: list[Cell], out: Path) -> str:
+    """diagnostics.md: each arm's summary.json["diagnostics"] (last values), mean ± std over seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in cells:
+        s = _summary(c, out)
+        if s and s.get("diagnostics"):
+            groups.setdefault((c.label, c.dataset), []).append(_flat_numbers(s["diagnostics"]))
+    md = ["### diagnostics", "", "Each run's `summary.json[\"diagnostics\"]`: numbers, and the last value of each "
+          "list; mean ± std over seeds.", ""]  # fmt: skip
+    for (label, dataset), g in sorted(groups.items()):
+        keys = sorted({k for d in g for k in d})
+        md += [f"**{label}** on `{dataset}` ({len(g)} seeds): "
+               + "; ".join(f"{k} {_mean_std(d.get(k) for d in g)}" for k in keys), ""]  # fmt: skip
+    text = "\n".join(md) + "\n"
+    (out / "diagnostics.md").write_text(text)
+    return text
+
+
 def write_tables(rows: list[dict], out: Path, title: str) -> str:
-    """results.md (mean ± std over seeds), results.csv (the same, numeric) and runs.csv (one row per run)."""
+    """results.md (mean ± std and IQM [95 % CI] over seeds, then the claims), results.csv (the same, numeric) and
+    runs.csv (one row per run)."""
     if rows:
         with open(out / "runs.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -303,12 +538,15 @@ def write_tables(rows: list[dict], out: Path, title: str) -> str:
         f"### {title}",
         "",
         "Normalized score ×100 (raw return where the dataset has no reference scores), mean ± std over seeds. "
-        "*final* = last evaluation of the phase, *best* = best evaluation of the phase.",
+        "*final* = last evaluation of the phase, *best* = best evaluation of the phase, *online AUC* = the score "
+        "averaged over the online phase (area under its evaluation curve / its env steps); IQM [95 % CI] = "
+        "interquartile mean over seeds with a stratified-bootstrap interval (rliable, 2000 resamples).",
         "",
-        "| algorithm | dataset | seeds | offline final | offline best | online final | online best "
-        "| wall time (min) | gradient steps | env steps |",
-        "|" + "---|" * 10,
+        "| algorithm | dataset | seeds | offline final | offline best | online final | online best | online AUC "
+        "| online final IQM [95 % CI] | online AUC IQM [95 % CI] | wall time (min) | gradient steps | env steps |",
+        "|" + "---|" * 13,
     ]
+    numeric = (*PHASE_KEYS, "online_auc")
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
@@ -316,91 +554,128 @@ def write_tables(rows: list[dict], out: Path, title: str) -> str:
                 "algorithm",
                 "dataset",
                 "seeds",
-                *[f"{k}_{s}" for k in PHASE_KEYS for s in ("mean", "std")],
+                *[f"{k}_{s}" for k in numeric for s in ("mean", "std")],
+                "online_final_iqm",
+                "online_final_ci_low",
+                "online_final_ci_high",
                 "wall_time_min",
                 "gradient_steps",
                 "env_steps",
-            ]
+            ]  # fmt: skip
         )
         for (label, dataset), g in sorted(groups.items()):
             stats = []
-            for k in PHASE_KEYS:
+            for k in numeric:
                 v = [r[k] for r in g if r[k] is not None]
                 stats += [np.mean(v) if v else "", np.std(v) if v else ""]
+            finals = [r["online_final"] for r in g if r["online_final"] is not None]
+            iqm = list(iqm_ci(finals)) if finals else ["", "", ""]
             w.writerow(
                 [
                     label,
                     dataset,
                     len(g),
                     *stats,
+                    *iqm,
                     np.mean([r["wall_time_min"] for r in g]),
                     g[0]["gradient_steps"],
                     g[0]["env_steps"],
-                ]
+                ]  # fmt: skip
             )
             md.append(
                 f"| {label} | {dataset} | {len(g)} | "
-                + " | ".join(_mean_std(r[k] for r in g) for k in PHASE_KEYS)
+                + " | ".join(_mean_std(r[k] for r in g) for k in numeric)
+                + f" | {_iqm_str(r['online_final'] for r in g)} | {_iqm_str(r['online_auc'] for r in g)}"
                 + f" | {np.mean([r['wall_time_min'] for r in g]):.1f} | {g[0]['gradient_steps']} "
                 f"| {g[0]['env_steps']} |"
+            )
+    verdicts = claim_verdicts(rows)
+    if verdicts:
+        md += [
+            "",
+            "**Claims** — each method beside its own baseline, IQM [95 % CI] over seeds; *holds* when the claim's "
+            "interval lies above the baseline's, *reversed* when below, *inconclusive* when they overlap.",
+            "",
+            "| dataset | claim | baseline | metric | seeds | claim | baseline | verdict |",
+            "|" + "---|" * 8,
+        ]
+        for v in verdicts:
+            fmt = "{:.1f} [{:.1f}, {:.1f}]".format
+            md.append(
+                f"| {v['dataset']} | {v['claim']} | {v['baseline']} | {v['metric']} | {v['seeds'][0]} vs "
+                f"{v['seeds'][1]} | {fmt(*v['claim_iqm'])} | {fmt(*v['baseline_iqm'])} | {v['verdict']} |"
             )
     text = "\n".join(md) + "\n"
     (out / "results.md").write_text(text)
     return text
 
 
-def read_curve(run_dir: Path, phase: str) -> Optional[tuple[np.ndarray, np.ndarray]]:
-    """(steps, values) of the phase's evaluation curve from the TensorBoard event files."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+def _data_score(dataset: str) -> Optional[float]:
+    """The dataset's own normalized score (mean over episodes), for a reference line on the plots."""
+    try:
+        import minari
 
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    for tag in (f"{phase}/eval/normalized_score", f"{phase}/eval/episodic_return"):
-        if tag in acc.Tags()["scalars"]:
-            ev = acc.Scalars(tag)
-            return np.array([e.step for e in ev]), np.array([e.value for e in ev])
-    return None
+        return float(make_datasets.episode_scores(minari.load_dataset(dataset))[1].mean())
+    except Exception:  # not local, or no reference scores: no line
+        return None
 
 
 def plot_curves(cells: list[Cell], out: Path) -> list[Path]:
-    """One PNG per dataset: offline (x: gradient steps) and online (x: env steps) panels, mean ± std over seeds."""
+    """One PNG per dataset: a column per algorithm, its offline curve on top (x: that file's offline unit) and its
+    online curve below (x: env steps, starting at 0 with the score fine-tuning starts from); mean ± std over seeds,
+    read from each run's summary.json. The plotted points are also written to curves.csv."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
+    paths, points = [], []
     for dataset in sorted({c.dataset for c in cells}):
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-        for label in sorted({c.label for c in cells if c.dataset == dataset}):
-            for ax, phase in zip(axes, ("offline", "online")):
-                curves = [
-                    read_curve(c.run_dir(out), phase)
-                    for c in cells
-                    if c.label == label and c.dataset == dataset and (c.run_dir(out) / "summary.json").exists()
-                ]
-                curves = [cv for cv in curves if cv is not None and len(cv[0])]
-                if not curves:
-                    continue
-                x = curves[0][0]
-                ys = np.stack([np.interp(x, s, v) for s, v in curves])
-                ax.plot(x, ys.mean(0), marker="o", markersize=3, label=label)
-                ax.fill_between(x, ys.mean(0) - ys.std(0), ys.mean(0) + ys.std(0), alpha=0.2)
-        axes[0].set(title="offline phase", xlabel="gradient steps", ylabel="normalized score (eval)")
-        axes[1].set(title="online phase", xlabel="environment steps")
-        axes[1].legend(fontsize=8)
+        algos = [a for a in ALGORITHMS if any(c.algo == a and c.dataset == dataset for c in cells)]
+        fig, axes = plt.subplots(2, len(algos), figsize=(4.5 * len(algos), 7), squeeze=False)
+        data = _data_score(dataset)
+        for col, algo in enumerate(algos):
+            for row, phase in enumerate(("offline", "online")):
+                ax = axes[row, col]
+                for label in sorted({c.label for c in cells if c.dataset == dataset and c.algo == algo}):
+                    runs = [c for c in cells if c.label == label and c.dataset == dataset]
+                    curves = [_phase_curve(s, phase) for s in (_summary(c, out) for c in runs) if s is not None]
+                    curves = [cv for cv in curves if len(cv[0])]
+                    if not curves:
+                        continue
+                    x = curves[0][0]
+                    ys = np.stack([np.interp(x, sx, sy) for sx, sy in curves])
+                    mean, std = ys.mean(0), ys.std(0)
+                    ax.plot(x, mean, marker="o", markersize=3, label=f"{label} (n={len(curves)})")
+                    ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+                    points += [
+                        (dataset, phase, label, int(xi), mi, si, len(curves)) for xi, mi, si in zip(x, mean, std)
+                    ]
+                if data is not None:
+                    ax.axhline(data, color="grey", linestyle="--", linewidth=1, label="data")
+                ax.set(
+                    title=f"{algo}: {phase}", xlabel=OFFLINE_UNIT[algo] if phase == "offline" else "environment steps"
+                )
+                if ax.has_data():
+                    ax.legend(fontsize=7)
+            axes[0, col].set_ylabel("normalized score (eval)")
+            axes[1, col].set_ylabel("normalized score (eval)")
         fig.suptitle(dataset)
         fig.tight_layout()
         path = out / f"curves_{dataset.replace('/', '_')}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=100)
         plt.close(fig)
         paths.append(path)
+    with open(out / "curves.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["dataset", "phase", "label", "step", "mean", "std", "seeds"])
+        w.writerows(points)
     return paths
 
 
 def main(args: Args) -> int:
     bad = [a for a in args.algorithms if a not in ALGORITHMS]
-    if bad or args.seeds < 1 or args.workers < 1 or args.threads < 1:
+    if bad or (args.seeds is not None and args.seeds < 1) or args.workers < 1 or args.threads < 1:
         print(
             f"error: unknown algorithms {bad} (choose from {list(ALGORITHMS)}), or --seeds/--workers/--threads below 1",
             file=sys.stderr,
@@ -408,7 +683,7 @@ def main(args: Args) -> int:
         return 2
     out = Path(args.out or ROOT / "benchmark" / "results" / args.preset).resolve()
     cells = build_grid(args)
-    todo = [c for c in cells if not (c.run_dir(out) / "summary.json").exists()]
+    todo = unfinished(cells, out)
     if args.dry_run:
         for c in cells:
             print(("(done) " if c not in todo else "") + " ".join(c.command(out)))
@@ -425,6 +700,7 @@ def main(args: Args) -> int:
     failures = launch(todo, args, out) if todo else []
     rows = load_results(cells, out)
     print(write_tables(rows, out, f"{args.preset} ({len(cells)} cells, {time.time() - t0:.0f}s this call)"))
+    write_diagnostics(cells, out)
     for p in plot_curves(cells, out):
         print(f"plot: {p}")
     for cell, log in failures:

@@ -5,6 +5,7 @@ finished cells are skipped on a second call, and a failing cell is reported with
 import csv
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -44,11 +45,28 @@ def test_tiny_grid(minari_root, tmp_path, launcher):
         assert float(r["online_best"]) == pytest.approx(summary["online"]["best_score"])
     table = (out / "results.md").read_text()
     assert "| famo2o | o2o/pendulum/medium-replay-v0 | 2 |" in table
-    assert (out / "curves_o2o_pendulum_medium-replay-v0.png").stat().st_size > 10_000
+    assert (out / "curves_o2o_pendulum_medium-replay-v0.png").exists()
+    # the plotted points are the seeds' mean of the evaluations in summary.json, online curves start at step 0
+    with open(out / "curves.csv") as f:
+        points = [p for p in csv.DictReader(f) if p["dataset"] == "o2o/pendulum/medium-replay-v0"]
+    for label in ("famo2o", "off2on"):
+        summaries = [json.loads((out / "runs" / label / "o2o_pendulum_medium-replay-v0" / f"seed{s}" /
+                                 "summary.json").read_text()) for s in (1, 2)]  # fmt: skip
+        for phase in ("offline", "online"):
+            plotted = [
+                (int(p["step"]), float(p["mean"])) for p in points if p["label"] == label and p["phase"] == phase
+            ]
+            evals = [[e for e in s["evaluations"] if e["phase"] == phase] for s in summaries]
+            expected = [(e0["step"], (e0["normalized_score"] + e1["normalized_score"]) / 2) for e0, e1 in zip(*evals)]
+            assert [x for x, _ in plotted] == [x for x, _ in expected] and len(plotted) >= 2
+            assert [y for _, y in plotted] == pytest.approx([y for _, y in expected])
+        assert plotted[0][0] == 0
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/*/summary.json")}
 
-    # a second call resumes: the finished cells are skipped, only the failing ones run again
+    # a second call resumes: the finished cells are skipped (their files untouched), only the failing ones run again
     again = run_cli("benchmark/run.py", *grid, minari_root=minari_root, timeout=1800)
     assert "8 cells, 4 already done, 4 to run" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/*/summary.json")} == stamps and len(stamps) == 4
 
 
 def test_bad_arguments(minari_root, tmp_path):
@@ -73,3 +91,114 @@ def test_presets_cover_the_papers_claims():
     remote = run.build_grid(run.Args(preset="minari-remote", seeds=1, algorithms=["off2on"]))
     assert all("--download" in c.flags for c in remote)
     assert sys.executable == run.Cell("off2on", "off2on", "d", 1).command(ROOT)[0]
+
+
+# ---- mujoco-cpu: shared offline checkpoints, ordering, statistics ----
+def test_cpu_grid_shares_one_offline_phase_per_dataset_and_seed():
+    cells = run.build_grid(run.Args(preset="mujoco-cpu"))
+    hopper = [c for c in cells if c.dataset == "o2o/hopper/medium-replay-v0"]
+    assert {c.seed for c in hopper} == {1, 2, 3}
+    assert {c.seed for c in cells if c.dataset == "o2o/halfcheetah/medium-replay-v0"} == {1, 2}
+    for c in cells:
+        cmd = " ".join(c.command(ROOT))
+        if c.label == "off2on[offline]":
+            assert cmd.endswith("--online-steps 0 --save-model") and c.load_from is None
+        elif c.label in ("off2on[balanced]", "off2on[uniform]", "off2on[online-only]"):
+            parent = c.load_from
+            assert (parent.label, parent.dataset, parent.seed) == ("off2on[offline]", c.dataset, c.seed)
+            assert cmd.endswith(f"--load-offline {parent.run_dir(ROOT) / run.OFFLINE_CHECKPOINT}")
+            assert cells.index(parent) < cells.index(c)  # the offline cell is queued first
+        else:
+            assert c.load_from is None and "--load-offline" not in cmd
+    # the arms of each claim are one flag apart and on the same budget
+    single = next(c for c in hopper if c.label == "off2on[single-cql]")
+    assert "--ensemble-size 1 --replay uniform" in " ".join(single.flags)
+    assert {(claim, base) for claim, base in run.CLAIMS} >= {("famo2o[adaptive]", "famo2o[fixed]")}
+    assert {c.label for c in cells} >= {x for pair in run.CLAIMS for x in pair}
+    # --extra-flags cannot undo a cell's role: the offline cell stays offline-only
+    extra = run.build_grid(run.Args(preset="mujoco-cpu", algorithms=["off2on"], extra_flags="--online-steps 7"))
+    assert next(c for c in extra if c.label == "off2on[offline]").flags[-2:] == ("0", "--save-model")
+
+
+def _fake_cells(out):
+    parent = run.Cell("off2on", "off2on[offline]", "d", 1)
+    kids = [run.Cell("off2on", f"off2on[{k}]", "d", 1, (), parent) for k in ("a", "b")]
+    return [parent, *kids, run.Cell("famo2o", "famo2o", "d", 1)]
+
+
+def test_launch_starts_a_loading_cell_only_after_its_offline_cell(tmp_path):
+    started, ended = [], []
+
+    def fake_run(cmd, run_dir, log_file, threads):
+        started.append(run_dir)
+        if "--load-offline" in cmd:  # the checkpoint it loads must exist by now
+            assert Path(cmd[cmd.index("--load-offline") + 1]).exists()
+        Path(run_dir).mkdir(parents=True)
+        (Path(run_dir) / run.OFFLINE_CHECKPOINT).write_text("ckpt")
+        ended.append(run_dir)
+        return 0, 0.0
+
+    cells = _fake_cells(tmp_path)
+    args = run.Args(preset="mujoco-cpu", workers=2)
+    assert run.launch(cells, args, tmp_path, run=fake_run) == []
+    assert sorted(started) == sorted(str(c.run_dir(tmp_path)) for c in cells)
+    parent_done = ended.index(str(cells[0].run_dir(tmp_path)))
+    for kid in cells[1:3]:
+        assert started.index(str(kid.run_dir(tmp_path))) > parent_done
+
+
+def test_launch_skips_the_cells_of_a_failed_offline_cell(tmp_path, capsys):
+    ran = []
+
+    def fake_run(cmd, run_dir, log_file, threads):
+        ran.append(run_dir)
+        return (1 if "offline" in run_dir else 0), 0.0
+
+    cells = _fake_cells(tmp_path)
+    failures = run.launch(cells, run.Args(preset="mujoco-cpu", workers=1), tmp_path, run=fake_run)
+    assert {c.label for c, _ in failures} == {"off2on[offline]", "off2on[a]", "off2on[b]"}
+    assert len(ran) == 2  # the offline cell and famo2o; the two loading cells never started
+    assert "its offline cell off2on[offline] failed" in capsys.readouterr().out
+    assert "not run" in run.log_path(cells[1], tmp_path).read_text()
+
+
+def test_resume_reruns_an_offline_cell_whose_checkpoint_is_gone(tmp_path):
+    cells = _fake_cells(tmp_path)
+    parent, kid_a = cells[0], cells[1]
+    for c in (parent, kid_a):
+        c.run_dir(tmp_path).mkdir(parents=True)
+        (c.run_dir(tmp_path) / "summary.json").write_text("{}")
+    todo = run.unfinished(cells, tmp_path)  # a fresh clone: results committed, checkpoint not
+    assert parent in todo and kid_a not in todo and cells[2] in todo
+    (parent.run_dir(tmp_path) / run.OFFLINE_CHECKPOINT).write_text("ckpt")
+    assert parent not in run.unfinished(cells, tmp_path)
+
+
+def _summary(online, offline=(0.0,)):
+    evals = [dict(phase="offline", step=1000 * (i + 1), normalized_score=v, mean_return=v) for i, v in
+             enumerate(offline)] + [dict(phase="online", step=s, normalized_score=v, mean_return=v) for s, v in
+                                    online]  # fmt: skip
+    return dict(evaluations=evals)
+
+
+def test_online_auc_is_the_time_averaged_score():
+    # 0 → 10 over the first 1000 steps, then 10 until 3000: area 5000 + 20000 over 3000 steps
+    assert run.online_auc(_summary([(0, 0.0), (1000, 10.0), (3000, 10.0)])) == pytest.approx(25000 / 3000)
+    assert run.online_auc(_summary([])) is None
+
+
+def test_iqm_ci_and_claim_verdicts():
+    m, lo, hi = run.iqm_ci([10.0, 11.0, 12.0, 13.0])
+    assert m == pytest.approx(11.5) and lo < m < hi and 10.0 <= lo and hi <= 13.0
+    assert run.iqm_ci([5.0, 5.0, 5.0]) == (5.0, 5.0, 5.0)
+
+    def rows(label, values, metric="online_final"):
+        return [{"label": label, "dataset": "d", "seed": i, **dict.fromkeys(run.CLAIM_METRICS), metric: v}
+                for i, v in enumerate(values)]  # fmt: skip
+
+    verdicts = run.claim_verdicts(rows("famo2o[adaptive]", [50, 52, 54]) + rows("famo2o[fixed]", [10, 12, 14]))
+    assert [(v["metric"], v["verdict"]) for v in verdicts] == [("online_final", "holds")]
+    overlap = run.claim_verdicts(rows("famo2o[adaptive]", [10, 30, 50]) + rows("famo2o[fixed]", [20, 30, 40]))
+    assert overlap[0]["verdict"] == "inconclusive"
+    reversed_ = run.claim_verdicts(rows("uni_o4[ope-gated]", [1, 2, 3]) + rows("uni_o4[bc-only]", [7, 8, 9]))
+    assert reversed_[0]["verdict"] == "reversed"
