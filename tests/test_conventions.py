@@ -81,6 +81,37 @@ def test_unknown_dataset_names_it_and_says_what_to_do(algo, minari_root):
     assert "make_datasets.py" in msg and "--download" in msg
 
 
+def test_download_without_a_network_says_so(algo, minari_root, monkeypatch):
+    """The network is cut in-process, so the test means the same on a machine that has one."""
+
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable (patched by the test)")
+
+    monkeypatch.setattr(algo.socket, "create_connection", no_network)
+    monkeypatch.setattr(algo.minari, "download_dataset", lambda *a, **k: pytest.fail("must not try to download"))
+    with pytest.raises(algo.DatasetError) as e:
+        algo.load_minari_dataset("mujoco/hopper/medium-v0", download=True)
+    msg = str(e.value)
+    assert "mujoco/hopper/medium-v0" in msg and "unreachable" in msg and "o2o/pendulum/medium-v0" in msg
+
+
+def test_failing_download_says_what_failed(algo, minari_root, monkeypatch):
+    class Reachable:
+        def close(self):
+            pass
+
+    def failing_download(dataset_id, *args, **kwargs):
+        raise ValueError(f"no such remote dataset {dataset_id} (patched by the test)")
+
+    monkeypatch.setattr(algo.socket, "create_connection", lambda *a, **k: Reachable())
+    monkeypatch.setattr(algo.minari, "download_dataset", failing_download)
+    with pytest.raises(algo.DatasetError) as e:
+        algo.load_minari_dataset("mujoco/hopper/nonexistent-v0", download=True)
+    msg = str(e.value)
+    assert "could not download 'mujoco/hopper/nonexistent-v0'" in msg and "no such remote dataset" in msg
+    assert "minari list remote" in msg
+
+
 def test_corrupted_dataset(algo, bad_root, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(bad_root))
     with pytest.raises(algo.DatasetError, match="corrupted"):
@@ -107,8 +138,6 @@ def test_nan_dataset(algo, bad_root, monkeypatch):
         ("test/pendulum/mismatch-v0", [], "does not match"),
         ("test/pendulum/nan-v0", [], "NaN"),
         ("o2o/pendulum/corrupt-v0", [], "corrupted"),
-        # no network here: the download path must fail fast with the documented message
-        ("mujoco/hopper/medium-v0", ["--download"], "unreachable"),
     ],
 )
 def test_cli_bad_dataset_exits_2_and_writes_nothing(script, dataset, flags, expected, bad_root, tmp_path):
