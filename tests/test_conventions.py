@@ -68,6 +68,72 @@ def bad_root(minari_root, tmp_path_factory):
     return root
 
 
+# one episode (30 of 50) of a copy of pendulum medium broken in one way: (name, field, how) -> the message must name
+# the dataset, the episode and the field
+BROKEN = {
+    "cut-actions": ("actions", lambda g: _replace(g, "actions", g["actions"][:5])),
+    "cut-observations": ("observations", lambda g: _replace(g, "observations", g["observations"][:50])),
+    "cut-rewards": ("rewards", lambda g: _replace(g, "rewards", g["rewards"][:-1])),
+    "cut-terminations": ("terminations", lambda g: _replace(g, "terminations", g["terminations"][:-3])),
+    "cut-truncations": ("truncations", lambda g: _replace(g, "truncations", g["truncations"][:100])),
+    "wide-actions": ("actions", lambda g: _replace(g, "actions", np.repeat(g["actions"][:], 2, axis=1))),
+    "narrow-observations": ("observations", lambda g: _replace(g, "observations", g["observations"][:, :2])),
+    "unended": ("truncations", lambda g: _replace(g, "truncations", np.zeros(len(g["truncations"]), bool))),
+    "early-termination": ("terminations", lambda g: _set(g, "terminations", 50, True)),
+}
+
+
+def _replace(group, key, value):
+    value = np.asarray(value)
+    del group[key]
+    group.create_dataset(key, data=value)
+
+
+def _set(group, key, index, value):
+    data = group[key][:]
+    data[index] = value
+    _replace(group, key, data)
+
+
+@pytest.fixture(scope="module")
+def broken_root(minari_root, tmp_path_factory):
+    """A Minari root with one copy of pendulum medium per BROKEN entry, episode 30 broken as it says."""
+    import h5py
+
+    root = tmp_path_factory.mktemp("broken_minari")
+    src = Path(minari_root, "o2o", "pendulum", "medium-v0")
+    for name, (_, breaks) in BROKEN.items():
+        dst = root / "o2o" / "pendulum" / f"{name}-v0"
+        shutil.copytree(src, dst)
+        meta = (dst / "data" / "metadata.json").read_text()
+        (dst / "data" / "metadata.json").write_text(meta.replace("o2o/pendulum/medium-v0", f"o2o/pendulum/{name}-v0"))
+        with h5py.File(dst / "data" / "main_data.hdf5", "r+") as f:
+            breaks(f["episode_30"])
+    return root
+
+
+@pytest.mark.parametrize("name", BROKEN)
+def test_broken_episode_is_named_with_its_field(algo, name, broken_root, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(broken_root))
+    field = BROKEN[name][0]
+    with pytest.raises(algo.DatasetError) as e:
+        algo.dataset_to_transitions(algo.load_minari_dataset(f"o2o/pendulum/{name}-v0"))
+    msg = str(e.value)
+    assert f"o2o/pendulum/{name}-v0" in msg and "episode 30" in msg and f"'{field}'" in msg, msg
+
+
+@pytest.mark.parametrize("script", ALGORITHMS)
+@pytest.mark.parametrize("name", ["cut-actions", "cut-observations"])
+def test_cli_broken_episode_exits_2_and_writes_nothing(script, name, broken_root, tmp_path):
+    run_dir = tmp_path / "run"
+    dataset = f"o2o/pendulum/{name}-v0"
+    proc = run_cli(f"algorithms/{script}.py", "--dataset-id", dataset, "--run-dir", str(run_dir),
+                   minari_root=broken_root, timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert dataset in proc.stderr and "episode 30" in proc.stderr and "Traceback" not in proc.stderr
+    assert not run_dir.exists()
+
+
 @pytest.fixture(params=ALGORITHMS)
 def algo(request):
     return importlib.import_module(request.param)

@@ -202,3 +202,24 @@ def test_iqm_ci_and_claim_verdicts():
     assert overlap[0]["verdict"] == "inconclusive"
     reversed_ = run.claim_verdicts(rows("uni_o4[ope-gated]", [1, 2, 3]) + rows("uni_o4[bc-only]", [7, 8, 9]))
     assert reversed_[0]["verdict"] == "reversed"
+
+
+def test_a_half_finished_cell_restarts_clean(tmp_path):
+    run_dir = tmp_path / "runs" / "famo2o" / "d" / "seed1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "events.out.tfevents.stale").write_text("from an interrupted attempt")
+    show = "import os, sys; d = sys.argv[1]; print(sorted(os.listdir(d)) if os.path.exists(d) else 'clean')"
+    cmd = [sys.executable, "-c", show, str(run_dir)]
+    code, _ = run.run_cell(cmd, str(run_dir), str(tmp_path / "logs" / "x.log"), threads=1)
+    assert code == 0 and (tmp_path / "logs" / "x.log").read_text().strip() == "clean"
+
+
+def test_missing_local_datasets_are_built_and_a_failed_build_is_reported(monkeypatch):
+    built = []
+    monkeypatch.setattr(run.make_datasets, "main", lambda a: built.append((a.envs, a.qualities)) or 0)
+    monkeypatch.setattr("minari.list_local_datasets", lambda: {"o2o/hopper/medium-v0": None})
+    run.ensure_local_datasets(["o2o/hopper/medium-v0", "o2o/hopper/medium-replay-v0", "mujoco/hopper/expert-v0"])
+    assert built == [(["hopper"], ["medium-replay"])]  # only the missing local one; remote ids are not built
+    monkeypatch.setattr(run.make_datasets, "main", lambda a: 1)
+    with pytest.raises(SystemExit, match="could not build o2o/hopper/medium-replay-v0"):
+        run.ensure_local_datasets(["o2o/hopper/medium-replay-v0"])
