@@ -23,6 +23,7 @@ New environments slot in as another `Recipe` in `RECIPES`.
 
 import json
 import os
+import platform
 import shutil
 import sys
 import tempfile
@@ -214,6 +215,9 @@ def ship_policies(env_name: str, train_dir: str, replay_steps: int = 8) -> dict:
     for i in {*picks.tolist(), medium, best}:
         shutil.copy(os.path.join(train_dir, ckpts[i]["file"]), out)
     first = torch_load_meta(os.path.join(train_dir, ckpts[best]["file"]))
+    import mujoco
+    import torch
+
     meta = dict(
         env_id=run["env_id"],
         sac_seed=run["seed"],
@@ -223,6 +227,9 @@ def ship_policies(env_name: str, train_dir: str, replay_steps: int = 8) -> dict:
         expert=ckpts[best],
         medium=ckpts[medium],
         replay_sequence=[ckpts[i] for i in picks],
+        # the returns above were measured with this physics build and CPU (chaotic contacts amplify float
+        # differences between builds and CPUs' kernels, so other machines reproduce them only approximately)
+        measured_with=dict(cpu=cpu_model(), mujoco=mujoco.__version__, torch=torch.__version__),
         # the run may have been stopped early: its first `steps_trained` steps are what a run of that length
         # does (no schedule depends on the total), and the checkpoint evaluations draw from torch's RNG, so
         # the checkpoint frequency is part of the command
@@ -233,6 +240,15 @@ def ship_policies(env_name: str, train_dir: str, replay_steps: int = 8) -> dict:
     with open(os.path.join(out, "policies.json"), "w") as f:
         json.dump(meta, f, indent=1)
     return meta
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else platform's word for it: returns are exact only on the same kind."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
 
 
 def episode_scores(ds) -> tuple[np.ndarray, np.ndarray]:

@@ -6,10 +6,13 @@ import json
 import os
 
 import minari
+import mujoco
 import pytest
+import torch
 
 import make_datasets
 import sac
+from conftest import ROOT
 
 ENVS = list(make_datasets.MUJOCO)
 
@@ -42,9 +45,24 @@ def test_shipped_policy_reproduces_its_return(env_name, which):
     ckpt = meta[which]
     actor = sac.load_actor(os.path.join(make_datasets.POLICY_DIR, env_name, ckpt["file"]))
     ret = sac.evaluate(actor, env_id, episodes=5, seed=10_000, device="cpu")
-    # the same protocol gives the same number on the same machine; the tolerance (2 % of the D4RL score
-    # range) is for other CPUs and MuJoCo builds, where chaotic contact dynamics may drift
-    assert abs(ret - ckpt["eval_return"]) < 0.02 * (hi - lo), (ret, ckpt["eval_return"])
+    # Chaotic contact dynamics amplify the float differences between CPUs' kernels and between MuJoCo builds: the
+    # policies were trained (and eval_return measured) on an AMD EPYC; on an Intel Xeon, same protocol, hopper's
+    # expert returns 2499 for 2617 (3.6 % of the D4RL range). So: exact where this CPU, MuJoCo and torch have a
+    # `reproduced` entry, else within 5 % of the range, which still tells medium from expert everywhere.
+    here = dict(cpu=make_datasets.cpu_model(), mujoco=mujoco.__version__, torch=torch.__version__)
+    same = [r for r in meta.get("reproduced", []) if all(r[k] == v for k, v in here.items())]
+    expected, tol = (same[0][which], 1e-6 * (hi - lo)) if same else (ckpt["eval_return"], 0.05 * (hi - lo))
+    assert abs(ret - expected) < tol, (
+        f"{env_name} {which}: return {ret:.1f}, expected {expected:.1f} ± {tol:.1f} on {here}; a different CPU, "
+        "MuJoCo or torch changes the returns: add a `reproduced` entry for it, or retrain and ship again"
+    )
+
+
+def test_mujoco_is_pinned_where_the_policies_were_measured():
+    pin = next(ln.split("==")[1].strip() for ln in open(ROOT / "requirements.txt") if ln.startswith("mujoco=="))
+    assert pin == mujoco.__version__, f"requirements.txt pins MuJoCo {pin}, installed {mujoco.__version__}"
+    for env_name in ENVS:  # the exact check above runs where the pinned build has been measured
+        assert pin in {r["mujoco"] for r in _policies(env_name)["reproduced"]}, env_name
 
 
 def test_hopper_qualities_are_ordered(tmp_path, monkeypatch):
