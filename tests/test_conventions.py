@@ -221,3 +221,53 @@ def test_cli_bad_dataset_exits_2_and_writes_nothing(script, dataset, flags, expe
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert expected in proc.stderr and dataset in proc.stderr
     assert not run_dir.exists()
+
+
+def test_dict_and_tuple_observations_flatten_as_gymnasium_does(algo):
+    from gymnasium import spaces
+
+    space = spaces.Dict(
+        {
+            "pos": Box(-1, 1, (2,)),
+            "grid": Box(-1, 1, (2, 2)),
+            "pair": spaces.Tuple((Box(-1, 1, (1,)), Box(-1, 1, (3,)))),
+        }
+    )
+    space.seed(0)
+    steps = [space.sample() for _ in range(4)]
+    # an episode as Minari stores it: every leaf stacked over time
+    stacked = {
+        "pos": np.stack([s["pos"] for s in steps]),
+        "grid": np.stack([s["grid"] for s in steps]),
+        "pair": tuple(np.stack([s["pair"][i] for s in steps]) for i in range(2)),
+    }
+    expected = np.stack([spaces.flatten(space, s) for s in steps])  # what FlattenObservation gives the agent online
+    np.testing.assert_array_equal(algo._flatten_obs(space, stacked), expected)
+    with pytest.raises(algo.DatasetError, match="not supported"):
+        algo._flatten_obs(spaces.Discrete(3), np.zeros(4))
+
+
+def test_transitions_follow_the_rule(algo, tmp_path, monkeypatch):
+    """Two episodes, one ended by a termination, one by a truncation: s' is the next observation, and only the
+    termination cuts the bootstrap."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    obs = [np.arange(4 * 3, dtype=np.float32).reshape(4, 3), 100 + np.arange(5 * 3, dtype=np.float32).reshape(5, 3)]
+    episodes = [
+        EpisodeBuffer(id=0, seed=0, observations=obs[0], actions=np.full((3, 1), 0.5, np.float32),
+                      rewards=[1.0, 2.0, 3.0], terminations=[False, False, True], truncations=[False] * 3, infos={}),
+        EpisodeBuffer(id=1, seed=1, observations=obs[1], actions=np.full((4, 1), -0.5, np.float32),
+                      rewards=[4.0, 5.0, 6.0, 7.0], terminations=[False] * 4, truncations=[False] * 3 + [True],
+                      infos={}),
+    ]  # fmt: skip
+    minari.create_dataset_from_buffers(
+        "test/pendulum/rule-v0", episodes, env="Pendulum-v1", observation_space=Box(-np.inf, np.inf, (3,), np.float32),
+        action_space=Box(-2, 2, (1,), np.float32), algorithm_name="t", author="t", author_email="t@t",
+        code_permalink="t", description="t",
+    )  # fmt: skip
+    data = algo.dataset_to_transitions(minari.load_dataset("test/pendulum/rule-v0"))
+    np.testing.assert_array_equal(data["observations"], np.concatenate([obs[0][:-1], obs[1][:-1]]))
+    np.testing.assert_array_equal(data["next_observations"], np.concatenate([obs[0][1:], obs[1][1:]]))
+    np.testing.assert_array_equal(data["rewards"], [1, 2, 3, 4, 5, 6, 7])
+    np.testing.assert_array_equal(data["actions"][:, 0], [0.5] * 3 + [-0.5] * 4)
+    np.testing.assert_array_equal(data["terminals"], [0, 0, 1, 0, 0, 0, 0])  # the truncation does not cut
+    np.testing.assert_array_equal(data["episode_ends"], [0, 0, 1, 0, 0, 0, 1])
