@@ -62,3 +62,15 @@ def run_algo(script: str, *flags: str, minari_root: Path, run_dir: Path, timeout
             f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
         )
     return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_mujoco_root(tmp_path_factory) -> Path:
+    """A MINARI_DATASETS_PATH with small o2o/hopper/{medium,medium-replay}-v0 (3000 transitions each) rolled out
+    from the shipped behaviour policies: enough to run a MuJoCo config end to end, not to learn."""
+    root = tmp_path_factory.mktemp("tiny_mujoco")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINARI_DATASETS_PATH", str(root))
+        args = make_datasets.Args(envs=["hopper"], qualities=["medium", "medium-replay"], transitions=3000, seed=0)
+        assert make_datasets.main(args) == 0
+    return root
