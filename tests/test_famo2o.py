@@ -445,3 +445,60 @@ def test_help_says_batch_mean_cannot_adapt_beta(minari_root):
     proc = run_cli(SCRIPT, "--help", minari_root=minari_root)
     assert proc.returncode == 0, proc.stderr
     assert "cannot learn different" in " ".join(proc.stdout.split())
+
+
+# ------------------------------------------------------------------------------------------------
+# Paper configurations: `python algorithms/famo2o.py paper-<env>-<quality> [flags]`
+# ------------------------------------------------------------------------------------------------
+def test_every_paper_config_parses_and_names_a_buildable_dataset():
+    import make_datasets
+
+    envs, qualities = ("hopper", "halfcheetah", "walker2d"), ("medium", "medium-replay", "medium-expert")
+    assert sorted(famo2o.PAPER_CONFIGS) == sorted(f"paper-{e}-{q}" for e in envs for q in qualities)
+    for name, cfg in famo2o.PAPER_CONFIGS.items():
+        famo2o.Args(**cfg)  # only fields that exist
+        args = famo2o.paper_config_cli([name])
+        assert {k: getattr(args, k) for k in cfg} == cfg, name
+        prefix, env, quality = cfg["dataset_id"].split("/")
+        assert prefix == "o2o" and quality.endswith("-v0") and name == f"paper-{env}-{quality[: -len('-v0')]}"
+        assert env in make_datasets.MUJOCO and quality[: -len("-v0")] in make_datasets.QUALITIES
+        # the paper's budgets, and the official code's batch-averaged weight (see the header)
+        assert args.offline_steps == args.online_steps == 1_000_000 and args.weight_mode == "batch_mean"
+
+
+def test_paper_config_flags_override_and_plain_flags_are_unchanged():
+    args = famo2o.paper_config_cli(["paper-hopper-medium", "--seed", "3"])
+    assert args.seed == 3 and args.dataset_id == "o2o/hopper/medium-v0" and args.offline_steps == 1_000_000
+    assert famo2o.paper_config_cli(["--seed", "2"]) == famo2o.Args(seed=2)  # no config: today's defaults
+    assert famo2o.paper_config_cli([]) == famo2o.Args()
+
+
+def test_unknown_paper_config_exits_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        famo2o.paper_config_cli(["paper-hopper-expert"])
+    assert exc.value.code == 2 and "unknown config 'paper-hopper-expert'" in capsys.readouterr().err
+
+
+def test_paper_config_download_maps_to_minari_remote_id(capsys):
+    for env in ("hopper", "halfcheetah", "walker2d"):
+        args = famo2o.paper_config_cli([f"paper-{env}-medium", "--download"])
+        assert args.dataset_id == f"mujoco/{env}/medium-v0" and args.download
+    # an explicit --dataset-id is the user's, kept as given
+    args = famo2o.paper_config_cli(["paper-hopper-medium", "--download", "--dataset-id", "o2o/pendulum/medium-v0"])
+    assert args.dataset_id == "o2o/pendulum/medium-v0"
+    for quality in ("medium-replay", "medium-expert"):
+        with pytest.raises(SystemExit) as exc:
+            famo2o.paper_config_cli([f"paper-hopper-{quality}", "--download"])
+        assert exc.value.code == 2 and "no remote copy" in capsys.readouterr().err
+
+
+def test_paper_config_runs_end_to_end(tiny_mujoco_root, tmp_path):
+    tiny = ("--offline-steps", "20", "--online-steps", "20", "--eval-freq", "20", "--eval-episodes", "1")
+    s = run_algo(SCRIPT, "paper-hopper-medium-replay", *tiny, minari_root=tiny_mujoco_root, run_dir=tmp_path / "run")
+    cfg = famo2o.PAPER_CONFIGS["paper-hopper-medium-replay"]
+    budgets = ("offline_steps", "online_steps", "eval_freq", "eval_episodes")
+    assert {k: v for k, v in s["args"].items() if k in cfg and k not in budgets} == {
+        k: v for k, v in cfg.items() if k not in budgets
+    }
+    assert s["dataset_id"] == "o2o/hopper/medium-replay-v0" and s["online_gradient_steps"] == 20
+    assert s["offline"]["metric"] == s["online"]["metric"] == "normalized_score"
