@@ -3,7 +3,6 @@
 Paper: Offline-to-Online Reinforcement Learning via Balanced Replay and Pessimistic Q-Ensemble,
 https://arxiv.org/abs/2107.00591
 Official code: https://github.com/shlee94/Off2OnRL (fine-tuning only; read for facts, nothing copied)
-Spec: ../shared/research/off2on.md
 
 The method, offline and online, in this one file:
 1. Offline: N (default 5) CQL(H) agents, each a tanh-Gaussian SAC actor and twin critics (2x256 MLPs), trained together
@@ -55,6 +54,13 @@ Deviations from the paper / official code:
   length on the unwrapped env. Epoch length and first-epoch multiplier are flags; the multiplier scales the first
   epoch's gradient steps only. When `online_steps` is not a multiple of the epoch length, the partial last epoch
   (official runs have none) trains `epoch_grad_steps` in proportion to the env steps it collected.
+- Named configs `paper-<env>-<quality>` (PAPER_CONFIGS, `python off2on.py paper-hopper-medium`) carry the paper's
+  budgets (1M offline steps per member, 250k online steps) and the official hyperparameters. Per-dataset settings
+  were not released, so all twelve share one set: ours.py's defaults, the README demo's overrides, and for the
+  offline phase the official CQL recipe with α_cql = 5 (its README allows 5 or 10; our choice). The official loop
+  runs 251 epochs, but its last evaluation comes before the 251st epoch's collection, after 250k env steps: the
+  configs stop there, at the paper's 250k. Evaluation every 1000 steps with 5 episodes stands in for the official
+  5000 evaluation steps per epoch.
 - Defaults follow the official README demo where it overrides the code: `first_epoch_multiplier` 5 (code: 10),
   `init_online_fraction` 0.75 (code: 0.5).
 - The three buffers (offline, online FIFO, prioritized) share one storage: offline rows first, online rows appended;
@@ -184,6 +190,54 @@ class Args:
     """online and offline samples each, per density-ratio step"""
     online_buffer_size: int = 250_000
     """capacity of the online FIFO the density-ratio net reads its online samples from"""
+
+
+# The paper's runs, one per D4RL locomotion dataset it reports (halfcheetah, hopper, walker2d x random, medium,
+# medium-replay, medium-expert; -v0 data, Sec. 5). Per-dataset settings were never released: the official code
+# (shlee94/Off2OnRL, rlkit/examples/ours.py) has one set of defaults and the README one demo command
+# (halfcheetah-medium-v0), whose overrides win where they differ. So every config carries the same values; only
+# the dataset changes. The offline phase is not in the official release at all: its values are the official CQL
+# recipe (aviralkumar2907/CQL: README "D4RL Experiments", d4rl/examples/cql_mujoco_new.py) on the released
+# checkpoints' sizes.
+_PAPER_COMMON = dict(
+    # ---- budgets ----
+    offline_steps=1_000_000,  # the released CQL checkpoints' step count (rlkit/data/cql/*/actor_1000000.pt)
+    online_steps=250_000,  # ours.py --num_epochs 251 x 1000 env steps; its last evaluation (epoch 250, before that
+    # epoch's collection) follows 250k steps, which our final evaluation measures; paper: 250k-step curves
+    eval_freq=1_000,  # ours.py evaluates every 1000-env-step epoch; official CQL's cql_mujoco_new.py every 1000
+    # gradient steps (num_trains_per_train_loop; its num_eval_steps_per_epoch is 1000 env steps, not 5000)
+    eval_episodes=5,  # ours.py num_eval_steps_per_epoch=5000, complete episodes only: 5 at the 1000-step limit
+    epoch_env_steps=1_000,  # ours.py num_expl_steps_per_train_loop
+    epoch_grad_steps=1_000,  # ours.py num_trains_per_train_loop
+    first_epoch_multiplier=5,  # README demo --first_epoch_multiplier 5 (ours.py default 10)
+    # ---- networks and SAC (both phases) ----
+    ensemble_size=5,  # ours.py --ensemble_size
+    hidden_dim=256,  # ours.py layer_size=256, 2 hidden layers (the checkpoints' shapes)
+    batch_size=256,  # ours.py algorithm_kwargs batch_size
+    gamma=0.99,  # ours.py trainer_kwargs discount
+    tau=0.005,  # ours.py trainer_kwargs soft_target_tau, target_update_period=1
+    q_lr=3e-4,  # ours.py --lr (CQL README: Q lr 3e-4 offline too)
+    # ---- offline CQL(H): not released, the official CQL README's MuJoCo recipe ----
+    offline_policy_lr=1e-4,  # CQL README --policy_lr=1e-4
+    cql_alpha=5.0,  # CQL README --min_q_weight=(5.0 or 10.0): our choice of the first, for every dataset
+    cql_n_actions=10,  # cql_mujoco_new.py num_random=10 (CQL(H), README --min_q_version=3)
+    cql_lagrange=False,  # CQL README --lagrange_thresh=-1.0 (fixed α_cql)
+    bc_steps=40_000,  # cql_mujoco_new.py --policy_eval_start 40000 (BC warm-up of the actor)
+    # ---- online fine-tuning ----
+    policy_lr=3e-4,  # README demo --policy_lr 3e-4 (= ours.py default); α lr is the same (ours.py alpha_lr)
+    online_cql=False,  # paper: plain SAC online
+    replay="balanced",  # paper: balanced replay
+    temperature=5.0,  # ours.py --temperature
+    init_online_fraction=0.75,  # README demo --init_online_fraction 0.75 (ours.py default 0.5)
+    weight_net_lr=3e-4,  # ours.py --weight_net_lr
+    weight_net_batch_size=256,  # ours.py --weight_net_batch_size
+    online_buffer_size=250_000,  # README demo --online_buffer_size 250000 (= ours.py default)
+)
+PAPER_CONFIGS: dict[str, dict] = {
+    f"paper-{env}-{quality}": dict(dataset_id=f"o2o/{env}/{quality}-v0", **_PAPER_COMMON)
+    for env in ("hopper", "halfcheetah", "walker2d")
+    for quality in ("random", "medium", "medium-replay", "medium-expert")
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -913,6 +967,32 @@ def validate(args: Args):
             fail(msg)
 
 
+# D4RL locomotion -> Minari's remote ids of the same env and quality, where Minari has one (medium-replay and
+# medium-expert have none; Minari's are re-collected on v5 envs, not D4RL's data)
+REMOTE_IDS = {f"o2o/{e}/medium-v0": f"mujoco/{e}/medium-v0" for e in ("hopper", "halfcheetah", "walker2d")}
+
+
+def paper_config_cli(argv: Optional[list[str]] = None) -> Args:
+    """`python <file>.py [CONFIG] [--flag value ...]`: an optional first word names one of PAPER_CONFIGS, whose
+    values replace the defaults; flags override both. With --download, a config's local dataset becomes Minari's
+    remote id of the same env and quality (REMOTE_IDS), where there is one."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name = argv.pop(0) if argv and not argv[0].startswith("-") else None
+    if name is not None and name not in PAPER_CONFIGS:
+        fail(f"unknown config {name!r}; choose one of {', '.join(PAPER_CONFIGS)}, or none for the defaults")
+    listing = "\n".join(f"  {k}: {v['dataset_id']}" for k, v in PAPER_CONFIGS.items())
+    description = f"{__doc__}\nNamed configs (`python {os.path.basename(__file__)} CONFIG [flags]`):\n{listing}"
+    args = tyro.cli(Args, default=Args(**PAPER_CONFIGS.get(name, {})), args=argv, description=description)
+    if name is not None and args.download and args.dataset_id == PAPER_CONFIGS[name]["dataset_id"]:
+        if args.dataset_id not in REMOTE_IDS:
+            fail(
+                f"{name}: Minari has no remote copy of {args.dataset_id}'s D4RL dataset; build the local one with "
+                "`python benchmark/make_datasets.py`, or pass --dataset-id"
+            )
+        args.dataset_id = REMOTE_IDS[args.dataset_id]
+    return args
+
+
 # ----------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------
@@ -1181,4 +1261,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(paper_config_cli())

@@ -445,6 +445,74 @@ def test_hot_loops_never_synchronise_the_gpu():
         torch.cuda.set_sync_debug_mode("default")
 
 
+# ---------------------------------------------------------------- paper configurations
+@pytest.mark.parametrize("name", list(o.PAPER_CONFIGS))
+def test_paper_config_parses_and_names_a_buildable_dataset(name):
+    import make_datasets
+
+    cfg = o.PAPER_CONFIGS[name]
+    assert o.Args(**cfg) == o.paper_config_cli([name])  # only real fields, and the CLI applies all of them
+    _, env, quality = cfg["dataset_id"].split("/")
+    assert env in make_datasets.MUJOCO and quality[: -len("-v0")] in make_datasets.QUALITIES
+    assert name == f"paper-{env}-{quality[: -len('-v0')]}"
+    o.validate(o.Args(**cfg))
+    # the paper's budgets, not the CPU-sized defaults
+    assert cfg["offline_steps"] == 1_000_000 and cfg["online_steps"] == 250_000
+
+
+def test_paper_configs_cover_the_papers_datasets():
+    """halfcheetah, hopper, walker2d x random, medium, medium-replay, medium-expert (-v0), as the paper reports."""
+    envs, qualities = ("hopper", "halfcheetah", "walker2d"), ("random", "medium", "medium-replay", "medium-expert")
+    assert set(o.PAPER_CONFIGS) == {f"paper-{e}-{q}" for e in envs for q in qualities}
+
+
+def test_paper_config_cli_flags_override_and_plain_flags_keep_the_defaults():
+    args = o.paper_config_cli(["paper-hopper-medium", "--seed", "3"])
+    assert args.seed == 3 and args.dataset_id == "o2o/hopper/medium-v0" and args.offline_steps == 1_000_000
+    assert o.paper_config_cli([]) == o.Args()
+    assert o.paper_config_cli(["--seed", "3"]) == o.Args(seed=3)  # no config: exactly today's CLI
+    # a flag given for the dataset wins over the config's
+    args = o.paper_config_cli(["paper-hopper-medium", "--dataset-id", "o2o/pendulum/medium-v0", "--download"])
+    assert args.dataset_id == "o2o/pendulum/medium-v0"
+
+
+def test_paper_config_cli_rejects_unknown_names(capsys):
+    with pytest.raises(SystemExit) as exc:
+        o.paper_config_cli(["paper-hopper-expertish"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "paper-hopper-expertish" in err and "paper-hopper-medium" in err
+
+
+def test_paper_config_download_maps_to_minaris_remote_id(capsys):
+    assert o.paper_config_cli(["paper-walker2d-medium", "--download"]).dataset_id == "mujoco/walker2d/medium-v0"
+    assert o.paper_config_cli(["paper-hopper-medium"]).dataset_id == "o2o/hopper/medium-v0"  # local without it
+    with pytest.raises(SystemExit) as exc:
+        o.paper_config_cli(["paper-hopper-medium-replay", "--download"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "o2o/hopper/medium-replay-v0" in err and "make_datasets.py" in err
+
+
+def test_help_lists_the_paper_configs(minari_root):
+    proc = run_cli(SCRIPT, "--help", minari_root=minari_root)
+    assert proc.returncode == 0
+    assert all(f"{k}: {v['dataset_id']}" in proc.stdout for k, v in o.PAPER_CONFIGS.items())
+
+
+def test_paper_config_runs_end_to_end(tiny_mujoco_root, tmp_path):
+    """`python off2on.py paper-hopper-medium-replay <budget flags>` as a user would, on a tiny local hopper dataset:
+    the config's dataset and hyperparameters, tiny budgets."""
+    tiny = ["--offline-steps", "20", "--bc-steps", "5", "--online-steps", "200", "--epoch-env-steps", "100",
+            "--epoch-grad-steps", "10", "--first-epoch-multiplier", "1", "--eval-freq", "100",
+            "--eval-episodes", "1", "--ensemble-size", "2", "--batch-size", "32", "--cql-n-actions", "2",
+            "--weight-net-batch-size", "32"]  # fmt: skip
+    s = run_algo(SCRIPT, "paper-hopper-medium-replay", *tiny, minari_root=tiny_mujoco_root, run_dir=tmp_path / "run")
+    assert s["args"]["dataset_id"] == "o2o/hopper/medium-replay-v0"
+    # values the config sets and no flag overrode
+    assert s["args"]["init_online_fraction"] == 0.75 and s["args"]["temperature"] == 5.0
+    assert s["offline_gradient_steps"] == 20 and s["online_env_steps"] == 200 and s["online_gradient_steps"] == 20
+    assert s["offline"] is not None and s["online"] is not None
+
+
 # ---------------------------------------------------------------- learning (subprocess runs)
 # Budget flags only (the networks keep their 2x256 default): 2 members, minibatch 64, 2 CQL actions per source,
 # 3000 offline steps, 3000 online steps in epochs of 1000 env + 1000 gradient steps.
