@@ -112,11 +112,18 @@ def test_balance_loss_updates_only_balance_but_flows_through_actor_input():
 def test_full_update_runs_and_fixed_balance_leaves_balance_model_alone():
     for base in ("iql", "awac"):
         agent = make_agent(base)
+        with torch.no_grad():  # move the target away from Q, so that a Polyak step is far larger than rounding
+            for p in agent.q_target.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        target_before = snapshot(agent.q_target)
         info = agent.update(random_batch(), online=True)
         assert all(np.isfinite(float(v)) for v in info.values())
         assert "balance_loss" in info and "alpha" in info
-        # Polyak: the target moved towards the online Q by τ, not onto it
-        assert not unchanged(agent.q_target, snapshot(agent.q))
+        # Polyak: target ← target + τ·(Q_after − target), with Q after this step's critic update
+        tau = agent.args.tau
+        for before, q_after, after in zip(target_before, agent.q.parameters(), agent.q_target.parameters()):
+            torch.testing.assert_close(after, torch.lerp(before, q_after.detach(), tau), rtol=0, atol=1e-6)
+        assert not unchanged(agent.q_target, target_before) and not unchanged(agent.q_target, snapshot(agent.q))
     agent = make_agent("iql", balance="fixed")
     bal_before, alpha_before = snapshot(agent.balance), agent.log_alpha.item()
     info = agent.update(random_batch(), online=True)
