@@ -97,6 +97,12 @@ Deviations from the paper / official code (and choices where neither says):
   temperature updates; the universal model still receives enc(β), a constant input, which makes it the base
   algorithm alone.
 - `--capture-video` records one deterministic episode after training (needs the env's rgb_array renderer).
+- Checkpoints (`--save-model`): every model, every Adam state and log α, at the end of the run
+  (`{exp_name}.cleanrl_model`) and at the end of the offline phase (`offline_checkpoint.pt`). `--load-offline PATH`
+  starts the online phase from the latter, as if the offline phase had just ended (the official code carries models
+  and optimiser states across the switch): it refuses, with exit 2, a checkpoint of another env, observation or
+  action size, base, balance, β range, fixed β or width, and warns on another dataset. The random-number stream is
+  not saved, so the online phase after a load is a different sample from the one after training in the same run.
 """
 
 import json
@@ -144,7 +150,8 @@ class Args:
     capture_video: bool = False
     """whether to capture videos of the final evaluation episode (into the run directory's `videos/`)"""
     save_model: bool = False
-    """whether to save model checkpoints into the run directory"""
+    """whether to save model checkpoints into the run directory: the final agent (`{exp_name}.cleanrl_model`) and,
+    after offline training, the offline phase's end (`offline_checkpoint.pt`, for --load-offline)"""
     run_dir: Optional[str] = None
     """where logs, checkpoints and summary.json go (default: runs/{run_name})"""
     dataset_id: str = "o2o/pendulum/medium-replay-v0"
@@ -153,6 +160,9 @@ class Args:
     """fetch the dataset from Minari's remote server when it is not on the local disk"""
     offline_steps: int = 20_000
     """number of offline gradient steps (0 skips the offline phase; the paper uses 1_000_000)"""
+    load_offline: Optional[str] = None
+    """path of an `offline_checkpoint.pt` saved with --save-model: skips offline training and fine-tunes the saved
+    models, optimiser states and temperature (--offline-steps is then ignored)"""
     online_steps: int = 20_000
     """number of online environment steps, one gradient step each (0 skips the online phase; paper: 1_000_000)"""
     eval_freq: int = 5_000
@@ -646,6 +656,31 @@ class FamO2O:
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=args.alpha_lr)
         self.adaptive = args.balance == "adaptive"
 
+    def checkpoint(self) -> dict:
+        """Every model, optimiser state and log α: what training needs to carry on exactly (the official code keeps
+        its models and Adam states across the phase switch)."""
+        opts = ("actor_opt", "q_opt", "value_opt", "balance_opt", "alpha_opt")
+        return dict(
+            actor=self.actor.state_dict(),
+            balance=self.balance.state_dict(),
+            q=self.q.state_dict(),
+            q_target=self.q_target.state_dict(),
+            value=self.value.state_dict() if self.value else None,
+            log_alpha=self.log_alpha.detach().cpu(),
+            **{k: getattr(self, k).state_dict() if getattr(self, k) else None for k in opts},
+        )
+
+    def load_checkpoint(self, ckpt: dict):
+        """Inverse of `checkpoint` (onto this agent's device)."""
+        for k in ("actor", "balance", "q", "q_target", "value"):
+            if getattr(self, k) is not None:
+                getattr(self, k).load_state_dict(ckpt[k])
+        for k in ("actor_opt", "q_opt", "value_opt", "balance_opt", "alpha_opt"):
+            if getattr(self, k) is not None:
+                getattr(self, k).load_state_dict(ckpt[k])
+        with torch.no_grad():
+            self.log_alpha.copy_(ckpt["log_alpha"])
+
     # -- β helpers --
     def fixed_beta(self, n: int) -> torch.Tensor:
         return torch.full((n,), resolve_fixed_beta(self.args), device=self.device)
@@ -964,6 +999,55 @@ def paper_config_cli(argv: Optional[list[str]] = None) -> Args:
     return args
 
 
+OFFLINE_FORMAT = "famo2o-offline-v1"
+# flags the saved models were built or trained with, which a run that loads them must share
+OFFLINE_MATCH = ("env_id", "obs_dim", "act_dim", "base", "balance", "beta_lo", "beta_hi", "fixed_beta", "hidden_dim")
+
+
+def offline_meta(args: Args, env_id: str, obs_dim: int, act_dim: int) -> dict:
+    """What an offline checkpoint records about the run that made it (checked by `load_offline_checkpoint`)."""
+    return dict(
+        format=OFFLINE_FORMAT,
+        env_id=env_id,
+        dataset_id=args.dataset_id,
+        obs_dim=obs_dim,
+        act_dim=act_dim,
+        base=args.base,
+        balance=args.balance,
+        beta_lo=args.beta_lo,
+        beta_hi=args.beta_hi,
+        fixed_beta=resolve_fixed_beta(args) if args.balance == "fixed" else None,
+        hidden_dim=args.hidden_dim,
+    )
+
+
+def load_offline_checkpoint(path: str, expected: dict) -> dict:
+    """Read a checkpoint saved at the end of the offline phase and check that it fits this run; DatasetError (exit 2,
+    before anything is written) on a missing or foreign file or a mismatched flag."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"--load-offline: no such file '{path}'")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        meta = ckpt["meta"]
+        assert meta["format"] == OFFLINE_FORMAT, f"format {meta['format']!r}"
+    except Exception as e:
+        raise DatasetError(
+            f"--load-offline: '{path}' is not a FamO2O offline checkpoint ({type(e).__name__}: {e}); "
+            "save one with --save-model"
+        ) from e
+    for key in OFFLINE_MATCH:
+        if meta.get(key) != expected[key]:
+            raise DatasetError(
+                f"--load-offline: '{path}' was trained with {key}={meta.get(key)!r} but this run has "
+                f"{key}={expected[key]!r} (checkpoint dataset: {meta.get('dataset_id')}); pass matching flags, "
+                "or train the offline phase for this run"
+            )
+    if meta["dataset_id"] != expected["dataset_id"]:
+        print(f"warning: the offline checkpoint was trained on {meta['dataset_id']}, fine-tuning uses "
+              f"{expected['dataset_id']}", file=sys.stderr)  # fmt: skip
+    return ckpt
+
+
 def eval_due(step: int, last: int, args: Args, online: bool) -> bool:
     """Whether to evaluate after `step` of a phase of `last` steps: every `eval_freq` steps and at the last step; in
     the online phase also every `early_eval_freq` env steps up to `early_eval_until`. (Online step 0 is evaluated
@@ -1022,6 +1106,9 @@ def main(args: Args) -> dict:
         data = dataset_to_transitions(dataset)
         eval_env = make_eval_env(dataset)
         r_scale, r_shift = reward_transform(data, args.reward_scale_mode)
+        env_id = eval_env.spec.id if eval_env.spec else str(dataset.spec.env_spec)
+        meta = offline_meta(args, env_id, data["observations"].shape[1], data["actions"].shape[1])
+        ckpt = load_offline_checkpoint(args.load_offline, meta) if args.load_offline else None
     except DatasetError as e:
         fail(str(e))
     if not isinstance(dataset.action_space, gym.spaces.Box) or not np.all(np.isfinite(dataset.action_space.low)):
@@ -1107,22 +1194,34 @@ def main(args: Args) -> dict:
     # ---------------- offline phase: β uniform in [β_lo, β_hi] for the actor ----------------
     beta_summary: dict = {}
     t0 = time.time()
-    for step in range(1, args.offline_steps + 1):
-        batch = sample()
-        info = agent.update(batch, online=False)
-        if step % args.log_freq == 0:
-            log_losses("offline", step, info)
-            log_diagnostics("offline", step, batch["obs"])
-            sps = step / (time.time() - t0)
-            log.scalar("offline", "charts/SPS", sps, step)
-            if step % (10 * args.log_freq) == 0:
-                print(
-                    f"[offline] step {step}/{args.offline_steps}: {sps:.0f} grad steps/s, "
-                    f"actor loss {float(info['actor_loss']):.3f}, Q {float(info['qf1_values']):.1f}",
-                    flush=True,
-                )
-        if eval_due(step, args.offline_steps, args, online=False):
-            beta_summary["offline_final_eval"] = run_eval("offline", step)
+    offline_done = 0
+    if ckpt is not None:  # --load-offline: the saved offline phase, evaluated as it ended
+        agent.load_checkpoint(ckpt)
+        offline_done = int(ckpt["offline_steps"])
+        print(f"loaded the offline phase from {args.load_offline} ({offline_done} gradient steps); skipping it")
+        beta_summary["offline_final_eval"] = run_eval("offline", offline_done)
+    else:
+        for step in range(1, args.offline_steps + 1):
+            batch = sample()
+            info = agent.update(batch, online=False)
+            if step % args.log_freq == 0:
+                log_losses("offline", step, info)
+                log_diagnostics("offline", step, batch["obs"])
+                sps = step / (time.time() - t0)
+                log.scalar("offline", "charts/SPS", sps, step)
+                if step % (10 * args.log_freq) == 0:
+                    print(
+                        f"[offline] step {step}/{args.offline_steps}: {sps:.0f} grad steps/s, "
+                        f"actor loss {float(info['actor_loss']):.3f}, Q {float(info['qf1_values']):.1f}",
+                        flush=True,
+                    )
+            if eval_due(step, args.offline_steps, args, online=False):
+                beta_summary["offline_final_eval"] = run_eval("offline", step)
+        offline_done = args.offline_steps
+        if args.save_model and offline_done > 0:
+            path = os.path.join(run_dir, "offline_checkpoint.pt")
+            torch.save(dict(meta=meta, offline_steps=offline_done, **agent.checkpoint()), path)
+            print(f"saved the offline phase to {path} (fine-tune from it with --load-offline {path})")
     offline_time = time.time() - t0
 
     # ---------------- online phase: β for the actor sampled from π_b, one env step + one update ----------------
@@ -1168,17 +1267,7 @@ def main(args: Args) -> dict:
     online_time = time.time() - t1
 
     if args.save_model:
-        torch.save(
-            dict(
-                actor=agent.actor.state_dict(),
-                balance=agent.balance.state_dict(),
-                q=agent.q.state_dict(),
-                q_target=agent.q_target.state_dict(),
-                value=agent.value.state_dict() if agent.value else None,
-                log_alpha=agent.log_alpha.detach().cpu(),
-            ),
-            os.path.join(run_dir, f"{args.exp_name}.cleanrl_model"),
-        )
+        torch.save(dict(meta=meta, **agent.checkpoint()), os.path.join(run_dir, f"{args.exp_name}.cleanrl_model"))
     if args.capture_video:
         try:
             venv = gym.wrappers.RecordVideo(
@@ -1193,7 +1282,8 @@ def main(args: Args) -> dict:
         balance=args.balance,
         reward_scale=r_scale,
         reward_shift=r_shift,
-        offline_gradient_steps=args.offline_steps,
+        offline_gradient_steps=offline_done,
+        offline_loaded_from=args.load_offline,
         online_env_steps=args.online_steps,
         online_gradient_steps=online_updates,
         stage_times=dict(
@@ -1201,7 +1291,7 @@ def main(args: Args) -> dict:
         ),
         throughput=dict(
             offline_grad_steps_per_s=args.offline_steps / (offline_time - eval_time["offline"])
-            if args.offline_steps
+            if args.offline_steps and ckpt is None
             else None,
             online_steps_per_s=args.online_steps / (online_time - eval_time["online"]) if args.online_steps else None,
         ),

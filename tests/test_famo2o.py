@@ -509,3 +509,73 @@ def test_paper_config_runs_end_to_end(tiny_mujoco_root, tmp_path):
     }
     assert s["dataset_id"] == "o2o/hopper/medium-replay-v0" and s["online_gradient_steps"] == 20
     assert s["offline"]["metric"] == s["online"]["metric"] == "normalized_score"
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints: --save-model, --load-offline; the online phase alone
+# ------------------------------------------------------------------------------------------------
+def replay_saved_policy(path, summary: dict) -> float:
+    """Mean return of the deterministic evaluation (the run's own episodes and seed) of a policy loaded from `path`,
+    rebuilt in this process from the run's recorded args."""
+    args = famo2o.Args(**summary["args"])
+    dataset = famo2o.load_minari_dataset(args.dataset_id)
+    env = famo2o.make_eval_env(dataset)
+    agent = famo2o.FamO2O(env.observation_space.shape[0], env.action_space.shape[0], args, torch.device("cpu"))
+    agent.load_checkpoint(torch.load(path, map_location="cpu", weights_only=True))
+    low, high = dataset.action_space.low.astype(np.float32), dataset.action_space.high.astype(np.float32)
+
+    def policy(o):
+        a = agent.act(o, deterministic=True)[0]
+        return ((high + low) / 2.0 + (high - low) / 2.0 * a).astype(dataset.action_space.dtype)
+
+    returns = famo2o.evaluate(env, policy, args.eval_episodes, args.seed * 1_000 + 100_000)
+    env.close()
+    return float(returns.mean())
+
+
+def test_saved_models_reproduce_the_policy_and_load_offline_skips_training(minari_root, tmp_path, capsys):
+    tiny = ("--dataset-id", DATASET, "--eval-freq", "30", "--eval-episodes", "2", "--online-steps", "30")
+    saved = run_algo(
+        SCRIPT, *tiny, "--offline-steps", "30", "--save-model", minari_root=minari_root, run_dir=tmp_path / "save"
+    )
+    offline_end = [e for e in saved["evaluations"] if e["phase"] == "offline"][-1]
+    assert offline_end["step"] == 30
+    # the final model and the offline phase's checkpoint each replay their evaluation exactly
+    final_model, offline_ckpt = tmp_path / "save" / "famo2o.cleanrl_model", tmp_path / "save" / "offline_checkpoint.pt"
+    assert replay_saved_policy(final_model, saved) == saved["evaluations"][-1]["mean_return"]
+    assert replay_saved_policy(offline_ckpt, saved) == offline_end["mean_return"]
+    assert offline_end["mean_return"] != saved["evaluations"][-1]["mean_return"]  # two different policies
+
+    loaded = run_algo(
+        SCRIPT, *tiny, "--load-offline", str(offline_ckpt), minari_root=minari_root, run_dir=tmp_path / "load"
+    )
+    assert loaded["offline_gradient_steps"] == 30 and loaded["offline_loaded_from"] == str(offline_ckpt)
+    assert loaded["throughput"]["offline_grad_steps_per_s"] is None  # nothing was trained offline
+    offline_evals = [(e["step"], e["mean_return"]) for e in loaded["evaluations"] if e["phase"] == "offline"]
+    assert offline_evals == [(30, offline_end["mean_return"])]
+    start = [e for e in loaded["evaluations"] if e["phase"] == "online"][0]
+    assert start["step"] == 0 and start["mean_return"] == offline_end["mean_return"]
+    assert loaded["online_gradient_steps"] == 30 and loaded["online"] is not None
+
+    # a checkpoint that does not fit the run: exit 2 before anything is written
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    for path, overrides, message in [
+        (offline_ckpt, dict(base="awac"), "was trained with base='iql' but this run has base='awac'"),
+        (offline_ckpt, dict(hidden_dim=64), "hidden_dim=256"),
+        (offline_ckpt, dict(beta_hi=6.0), "beta_hi=5.0"),
+        (tmp_path / "missing.pt", {}, "no such file"),
+        (tmp_path / "junk.pt", {}, "is not a FamO2O offline checkpoint"),
+    ]:
+        run_dir = tmp_path / "bad"
+        with pytest.raises(SystemExit) as exc:
+            famo2o.main(famo2o.Args(dataset_id=DATASET, load_offline=str(path), run_dir=str(run_dir), **overrides))
+        assert exc.value.code == 2 and not run_dir.exists(), (path, overrides)
+        assert message in capsys.readouterr().err, (message, overrides)
+
+
+def test_online_phase_alone(minari_root, tmp_path):
+    s = run_algo(SCRIPT, "--dataset-id", DATASET, "--offline-steps", "0", *TINY_RUN[2:], minari_root=minari_root,
+                 run_dir=tmp_path / "run")  # fmt: skip
+    assert s["offline"] is None and s["offline_gradient_steps"] == 0
+    assert [e["step"] for e in s["evaluations"] if e["phase"] == "online"] == [0, 30]
+    assert s["online"] is not None and s["online_env_steps"] == s["online_gradient_steps"] == 30
