@@ -16,13 +16,20 @@ Pipeline (one file, phases combinable with --phases):
   --phases offline | online (plain PPO from scratch) | offline-online.
 
 Deviations from the paper / official code (every one is deliberate):
-- Disagreement regulariser: the official default (`kl_type=heuristic`) is
-  −α[log π_i(a) − stopgrad(max_{j≠i} log π_j(a))] at dataset actions, whose gradient is that of −(1+α)·log π_i:
-  with Adam it changes nothing, the members are plain independent MLE BC policies. Our default
-  `--bc-reg kl` carries gradient: loss_i = −log π_i(a|s) − α·KL(π_i(·|s) ‖ stopgrad π_j*(·|s)), j* = the other
-  member most likely to have produced the dataset action (the official non-default `distribution` branch, which
-  stands in for the divergence to the max-mixture f of Eq. 6). `--bc-reg official` is the no-op heuristic,
-  `--bc-reg none` plain MLE. With n = 1 no regulariser is applied.
+- Disagreement regulariser (ensemble BC, Eq. 6): the paper maximises for each member
+  J(π_i) = E_(s,a)~D[log π_i(a|s) + α(log π_i(a|s) − log max_{1≤j≤n} π_j(a|s))], the second term being the
+  computable lower bound of the KL to the max-combined policy f = max_j π_j / Z (1 ≤ Z ≤ n). Our default
+  `--bc-reg paper` is that term, at dataset pairs as in the official default (`kl_bc=data`), each member
+  maximising its own J with the other members held fixed (as the official code detaches them). The max runs over
+  all n members, π_i included, as f does: the term is log π_i − max(log π_i, max_{j≠i} log π_j) =
+  −relu(max_{j≠i} log π_j − log π_i) ≤ 0, bounded above, and its gradient is α∇log π_i on the pairs another member
+  explains better, zero elsewhere — a bounded reweighting (1 to 1 + α) of the MLE gradient, convex in μ_i, so no
+  member can run away from the data. The official default differs in one place: its max runs over j ≠ i only and
+  is detached, so its gradient is −(1+α)∇log π_i, which Adam ignores (members = independent MLE BC policies);
+  that is `--bc-reg official`, `--bc-reg none` is plain MLE. With n = 1 no regulariser is applied. (An earlier
+  default here, −α·KL(π_i ‖ stopgrad π_j*) to the most likely other member, after the official non-default
+  `distribution` branch, is unbounded: its curvature in μ_i is 1/σ_i² − α/σ_j*², concave once σ_j* < √α·σ_i, and
+  on hopper-medium three of four members ran to the tanh bound and scored ≈ 1 against the data's 37.)
 - Data conventions follow this project: only terminations cut the bootstrap, truncations bootstrap
   (official: done = terminal OR timeout). The SARSA target (non-IQL path) cannot bootstrap at an episode's last
   transition (no a′), so it does not, as in the official code. The MC return runs to the episode's end.
@@ -162,9 +169,9 @@ class Args:
     """hidden activation of the policy (tanh for halfcheetah medium / medium-replay in the paper)"""
     bc_alpha: float = 0.1
     """α, weight of the disagreement regulariser (Eq. 6)"""
-    bc_reg: Literal["kl", "official", "none"] = "kl"
-    """disagreement term: kl = gradient-carrying KL to the most likely other member; official = the official
-    default, detached and therefore a no-op; none = plain MLE"""
+    bc_reg: Literal["paper", "official", "none"] = "paper"
+    """disagreement term of Eq. 6: paper = α(log π_i − log max_j π_j) with the max over all members (≤ 0, carries
+    gradient); official = the official default (max over j ≠ i, detached), a no-op under Adam; none = plain MLE"""
     # dynamics model for OPE (section d)
     dyn_members: int = 7
     """dynamics ensemble members"""
@@ -783,23 +790,31 @@ def fit_values(D: dict, args: Args, device, log: Optional[RunLogger], rng) -> tu
     return V, Q
 
 
-def bc_loss(pi: GaussianPolicyEnsemble, s, a, alpha: float, reg: str) -> torch.Tensor:
-    """Sum over members of −log π_i(a|s) − α·(disagreement term of Eq. 6, see the header)."""
+def bc_loss(pi: GaussianPolicyEnsemble, s, a, alpha: float, reg: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum over members of −J(π_i), J of Eq. 6: log π_i(a|s) + α·(log π_i(a|s) − log max_j π_j(a|s)) at dataset
+    pairs, j over the whole ensemble (see the header). Returns (loss, per-member NLL [N], detached)."""
     mu, log_std = pi(s)  # [N, B, A]
     logp = gaussian_log_prob(a, mu, log_std)  # [N, B]
     loss = -logp.mean(1)
     if pi.n > 1 and reg != "none" and alpha != 0:
         eye = torch.eye(pi.n, dtype=torch.bool, device=s.device)[:, :, None]
         others = logp.detach().unsqueeze(0).expand(pi.n, -1, -1).masked_fill(eye, -float("inf"))  # [i, j, B]
-        if reg == "official":  # detached: the gradient is −(1+α)∇log π_i, a no-op under Adam
-            loss = loss - alpha * (logp - others.max(1).values).mean(1)
-        else:  # α·KL(π_i ‖ stopgrad π_j*), j* = the other member most likely to have produced a
-            j = others.argmax(1)  # [N, B]
-            b = torch.arange(s.shape[0], device=s.device)
-            mu_j, ls_j = mu.detach()[j, b], log_std.detach()[j, b]
-            kl = (ls_j - log_std + ((2 * log_std).exp() + (mu - mu_j) ** 2) / (2 * (2 * ls_j).exp()) - 0.5).sum(-1)
-            loss = loss - alpha * kl.mean(1)
-    return loss.sum()
+        best_other = others.max(1).values  # max_{j≠i} log π_j(a|s), the other members held fixed
+        if reg == "official":  # max over j ≠ i, detached: the gradient is −(1+α)∇log π_i, a no-op under Adam
+            loss = loss - alpha * (logp - best_other).mean(1)
+        else:  # the paper's max includes π_i: log π_i − max(log π_i, best_other) = −relu(best_other − log π_i) ≤ 0
+            loss = loss + alpha * F.relu(best_other - logp).mean(1)
+    return loss.sum(), -logp.detach().mean(1)
+
+
+@torch.no_grad()
+def bc_nll(pi: GaussianPolicyEnsemble, D: dict, max_samples: int = 10_000, chunk: int = 2_048) -> torch.Tensor:
+    """Per-member mean −log π_i(a|s) over (the first `max_samples` of) the dataset's pairs, a tensor [N]."""
+    n = min(max_samples, D["s"].shape[0])
+    total = torch.zeros(pi.n, device=D["s"].device)
+    for b in range(0, n, chunk):
+        total -= pi.log_prob(D["s"][b : min(n, b + chunk)], D["a"][b : min(n, b + chunk)]).sum(1)
+    return total / n
 
 
 def train_bc(pi: GaussianPolicyEnsemble, D: dict, args: Args, log: Optional[RunLogger], rng) -> None:
@@ -810,12 +825,14 @@ def train_bc(pi: GaussianPolicyEnsemble, D: dict, args: Args, log: Optional[RunL
     t0 = time.time()
     for step in range(1, args.bc_steps + 1):
         i = torch.as_tensor(rng.integers(0, n, args.batch_size), device=D["s"].device)
-        loss = bc_loss(pi, D["s"][i], D["a"][i], args.bc_alpha, args.bc_reg)
+        loss, nll = bc_loss(pi, D["s"][i], D["a"][i], args.bc_alpha, args.bc_reg)
         opt.zero_grad()
         loss.backward()
         opt.step()
         if log is not None and (step % 1000 == 0 or step == args.bc_steps):
             log.scalar("offline", "losses/bc_loss", loss.item() / pi.n, step)
+            for m, v in enumerate(nll.tolist()):  # minibatch NLL of each member: a collapsing member shows here
+                log.scalar("offline", f"bc/nll_member{m}", v, step)
             log.scalar("offline", "bc/SPS", step / (time.time() - t0), step)
 
 
@@ -1009,6 +1026,7 @@ def main(args: Args):
     )
     stage_times: dict[str, float] = {}
     extra: dict = dict(termination_rule=None, selection_env_steps=0, offline_gradient_steps=0)
+    diagnostics: dict = {}  # summary.json["diagnostics"]: plain floats and lists
     V = None
     pi_online = GaussianPolicyEnsemble(1, obs_dim, act_dim, args.bc_hidden_dim, args.bc_depth, args.pi_activation)
     pi_online = pi_online.to(device)
@@ -1025,8 +1043,10 @@ def main(args: Args):
             args.num_policies, obs_dim, act_dim, args.bc_hidden_dim, args.bc_depth, args.pi_activation
         ).to(device)
         train_bc(pi, D, args, log, rng)
+        bc_member_nll = bc_nll(pi, D).tolist()
         stage_times["bc"] = time.time() - t
-        print(f"[offline/bc] {args.bc_steps} steps in {stage_times['bc']:.0f}s", flush=True)
+        print(f"[offline/bc] {args.bc_steps} steps in {stage_times['bc']:.0f}s; member NLL "
+              f"{[round(x, 3) for x in bc_member_nll]}", flush=True)  # fmt: skip
 
         def eval_all(tag_step: int, policy) -> tuple[list, list]:
             rets, scores = [], []
@@ -1069,6 +1089,9 @@ def main(args: Args):
         sel = int(best.argmax())
         bc_rets, bc_scores = eval_all(0, pi_ref)
         log.eval("offline", 0, bc_rets[sel], normalized_score(dataset, float(bc_rets[sel].mean())))
+        for i in range(pi.n):  # each BC member's real score and dataset NLL, side by side
+            log.scalar("offline", f"bc/score_member{i}", bc_scores[i], args.bc_steps)
+            log.scalar("offline", f"bc/final_nll_member{i}", bc_member_nll[i], args.bc_steps)
         extra.update(bc_score=bc_scores[sel], bc_member_scores=bc_scores, bc_member=sel)
         opt = torch.optim.Adam(pi.parameters(), lr=args.pi_lr)
         accepts = np.zeros(pi.n, dtype=int)
@@ -1139,6 +1162,7 @@ def main(args: Args):
             value_gradient_steps=args.value_steps,
             bc_gradient_steps=args.bc_steps,
         )
+        diagnostics.update(bc_member_scores=[float(x) for x in bc_scores], bc_member_nll=bc_member_nll)
         print(f"[offline] BC score {bc_scores} -> improved {final_scores}; selected member {sel}, "
               f"accepts {accepts.tolist()}", flush=True)  # fmt: skip
         pi_online = pi_ref.extract(sel).requires_grad_(True)
@@ -1264,6 +1288,7 @@ def main(args: Args):
         online_env_steps=online_steps,
         online_gradient_steps=online_grad_steps,
         stage_times=stage_times,
+        diagnostics=diagnostics,
         **extra,
     )
     print(f"summary: offline {summary['offline']} | online {summary['online']} | stage times "
