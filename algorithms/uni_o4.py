@@ -33,6 +33,8 @@ Deviations from the paper / official code (every one is deliberate):
 - Data conventions follow this project: only terminations cut the bootstrap, truncations bootstrap
   (official: done = terminal OR timeout). The SARSA target (non-IQL path) cannot bootstrap at an episode's last
   transition (no a′), so it does not, as in the official code. The MC return runs to the episode's end.
+- --no-iql: one SARSA Q network (as the official `QSarsaLearner`), with its own Polyak target; the IQL path keeps
+  the double Q̂ with min targets.
 - Actions are mapped affinely from the env's Box to [−1, 1] (identity for MuJoCo), so the policy's tanh mean
   covers any bounded action space; Q̂ and the dynamics model see the mapped actions.
 - State std: a zero std is replaced by 1 (official: std + 1e-10).
@@ -54,7 +56,8 @@ Deviations from the paper / official code (every one is deliberate):
   sample; the action is clamped to [−1, 1] only when sent to the env (official: log-prob of the clamped action).
 - Online value re-fit (reward scaling on): a fresh V of the offline V's size, linear output, regressed onto MC
   returns of the scaled dataset rewards (official: 3×256 with a ReLU on the output, which cannot represent negative
-  returns). Without reward scaling V starts from the offline V̂.
+  returns). Without reward scaling V starts from the offline V̂. With `dynamic` scaling the dataset rewards are
+  divided by the running std after its warm-up on the whole dataset, the scale the online rewards start with.
 - Online learning rates decay linearly to 0 over --online-steps (the paper's horizon is 1M steps: pass that).
 - Online-only mode (--phases online) still normalises states with the frozen dataset statistics.
 - No caching of V/Q, BC or the dynamics model across runs; no per-500-step real-env logging evaluations offline
@@ -62,6 +65,9 @@ Deviations from the paper / official code (every one is deliberate):
 - Offline PPO step: the ratio ρ is taken on the raw Gaussian sample (as official), but Q̂ is evaluated at the
   sample clamped to [−1, 1], the action the env would execute: Q̂ never saw actions outside the data's range.
 - Per-member gradient-norm clipping (0.5) in the vectorised offline PPO step, like one optimiser per member.
+- Offline ε follows the official schedule, 0.25·(1 − min(step − 1, 200)/1e4) (`--clip-decay-steps`,
+  `--clip-decay-horizon`): it freezes at ≈0.245 whatever --offline-steps is. The offline learning rate decays
+  linearly to 0 over --offline-steps (official: over its 1e4 steps, the same at the paper's budget).
 - Step budgets default to CPU sizes; each Args docstring gives the paper's budget. Network sizes are the paper's.
 Known behaviour: AM-Q scores with the same Q̂ that drives the improvement, so the gate cannot catch Q̂'s errors.
 On the pendulum datasets, 2000 value steps at width 64 gave a Q̂ whose improvement lowered the real score by ~15
@@ -197,9 +203,13 @@ class Args:
     pi_lr: float = 1e-4
     """initial Adam learning rate of offline improvement (decays linearly to 0)"""
     clip_ratio: float = 0.25
-    """ε of offline PPO-clip; decays linearly over the first `clip_decay_steps` steps, then frozen"""
+    """ε of offline PPO-clip: ε·(1 − min(step − 1, clip_decay_steps)/clip_decay_horizon), i.e. it decays for
+    `clip_decay_steps` steps along a line that would reach 0 at `clip_decay_horizon`, then stays frozen"""
     clip_decay_steps: int = 200
     """steps during which ε decays (the official code freezes it after 200 steps)"""
+    clip_decay_horizon: int = 10_000
+    """horizon of ε's linear decay (official: its fixed 1e4 improvement steps, so ε freezes at 0.245 whatever
+    --offline-steps is)"""
     ope_freq: int = 100
     """score each member by AM-Q every this many improvement steps"""
     ope_horizon: int = 50
@@ -535,14 +545,15 @@ class GaussianPolicyEnsemble(nn.Module):
 
 
 class DoubleQ(nn.Module):
-    """Q̂1, Q̂2 as a 2-member ensemble on [s, a]."""
+    """Q̂1, Q̂2 as a 2-member ensemble on [s, a] (IQL); `heads=1` for the single SARSA Q of the non-IQL path.
+    Callers take min over the heads, which is the identity for one head."""
 
-    def __init__(self, obs_dim, act_dim, hidden=1024, depth=2):
+    def __init__(self, obs_dim, act_dim, hidden=1024, depth=2, heads=2):
         super().__init__()
-        self.net = EnsembleMLP(2, obs_dim + act_dim, hidden, depth, 1)
+        self.net = EnsembleMLP(heads, obs_dim + act_dim, hidden, depth, 1)
 
     def forward(self, s, a):
-        return self.net(torch.cat([s, a], -1)).squeeze(-1)  # [2, B]
+        return self.net(torch.cat([s, a], -1)).squeeze(-1)  # [heads, B]
 
 
 def mlp(in_dim, hidden, depth, out_dim=1) -> nn.Sequential:
@@ -734,21 +745,46 @@ def select_termination(env_id: str, terminals: np.ndarray, choice: str = "auto")
 # ----------------------------------------------------------------------------------------------
 # Update steps
 # ----------------------------------------------------------------------------------------------
+def discounted_cumsum(x: np.ndarray, gamma: float, block: int = 256) -> np.ndarray:
+    """y[t] = Σ_{k≥t} γ^(k−t)·x[k] over one episode, in float64, vectorised in blocks (a Python loop over
+    len(x)/block blocks, not over steps); the block is short enough for γ^block not to underflow."""
+    x = np.asarray(x, dtype=np.float64)
+    if gamma < 1:
+        block = int(max(1, min(block, -200 / math.log10(gamma))))
+    pw = gamma ** np.arange(block, dtype=np.float64)
+    y, carry = np.empty_like(x), 0.0
+    for end in range(len(x), 0, -block):
+        start = max(0, end - block)
+        p = pw[: end - start]
+        # within the block Σ_{k≥t} γ^(k−t) x_k, plus γ^(block end − t) × the return where the next block starts
+        y[start:end] = np.cumsum((x[start:end] * p)[::-1])[::-1] / p + carry * gamma * p[::-1]
+        carry = y[start]
+    return y
+
+
+def _episodes(episode_ends: np.ndarray) -> list[slice]:
+    """Slices of the episodes: each ends at a True of `episode_ends` (or at the array's end)."""
+    bounds = np.concatenate([[0], np.flatnonzero(episode_ends) + 1])
+    if bounds[-1] != len(episode_ends):
+        bounds = np.append(bounds, len(episode_ends))
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def mc_returns(rewards: np.ndarray, episode_ends: np.ndarray, gamma: float) -> np.ndarray:
-    """Discounted return to each episode's end (resets at every episode end)."""
-    out, g = np.zeros_like(rewards), 0.0
-    for t in range(len(rewards) - 1, -1, -1):
-        g = rewards[t] + gamma * g * (not episode_ends[t])
-        out[t] = g
-    return out
+    """Discounted return to each episode's end (resets at every episode end), vectorised per episode."""
+    out = np.empty(len(rewards), dtype=np.float64)
+    for ep in _episodes(episode_ends):
+        out[ep] = discounted_cumsum(rewards[ep], gamma)
+    return out.astype(np.asarray(rewards).dtype)
 
 
 def fit_values(D: dict, args: Args, device, log: Optional[RunLogger], rng) -> tuple[ValueNet, DoubleQ]:
     """IQL (expectile V towards target min-Q at dataset actions; Q towards r + γ(1−d)V(s')) or, with --no-iql,
-    MC-regression V and SARSA Q. Polyak target update every `target_update_freq` steps."""
+    MC-regression V and a single SARSA Q (the official `QSarsaLearner` is one network). Polyak target update every
+    `target_update_freq` steps."""
     obs_dim, act_dim = D["s"].shape[1], D["a"].shape[1]
     V = ValueNet(obs_dim, args.v_hidden_dim, args.v_depth).to(device)
-    Q = DoubleQ(obs_dim, act_dim, args.q_hidden_dim, args.q_depth).to(device)
+    Q = DoubleQ(obs_dim, act_dim, args.q_hidden_dim, args.q_depth, heads=2 if args.iql else 1).to(device)
     Q_tgt = copy.deepcopy(Q).requires_grad_(False)
     v_opt = torch.optim.Adam(V.parameters(), lr=args.value_lr)
     q_opt = torch.optim.Adam(Q.parameters(), lr=args.value_lr)
@@ -863,6 +899,13 @@ def offline_ppo_loss(pi, pi_ref, Q: DoubleQ, V: ValueNet, s, clip: float, iql: b
     return loss.sum(), ratio
 
 
+def clip_schedule(step: int, args: Args) -> float:
+    """ε at improvement step `step` (1-based): linear decay for `clip_decay_steps` steps along the line that
+    reaches 0 at the fixed `clip_decay_horizon` (official: 1e4 steps), then frozen. It does not depend on
+    --offline-steps: with the defaults ε freezes at 0.245 whatever the budget."""
+    return args.clip_ratio * (1 - min(step - 1, args.clip_decay_steps) / args.clip_decay_horizon)
+
+
 class StateNorm:
     def __init__(self, mean: np.ndarray, std: np.ndarray, device):
         self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device)
@@ -918,14 +961,43 @@ class RunningReturnStd:
     def __init__(self, gamma):
         self.gamma, self.ret, self.n, self.mean, self.m2 = gamma, 0.0, 0, 0.0, 0.0
 
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.n) if self.n > 1 else 1.0
+
     def __call__(self, r: float, episode_start: bool) -> float:
         self.ret = r + (0.0 if episode_start else self.gamma * self.ret)
         self.n += 1
         d = self.ret - self.mean
         self.mean += d / self.n
         self.m2 += d * (self.ret - self.mean)
-        std = math.sqrt(self.m2 / self.n) if self.n > 1 else 1.0
-        return r / (std + 1e-8)
+        return r / (self.std + 1e-8)
+
+    def warm_up(self, rewards: np.ndarray, episode_ends: np.ndarray):
+        """The statistics after calling self on every dataset reward in order (episodes delimited by
+        `episode_ends`), vectorised per episode: the forward discounted returns, merged into the running mean
+        and M2 in one step (Chan et al.'s parallel update)."""
+        eps = _episodes(episode_ends)
+        if not eps:
+            return
+        rets = np.concatenate([discounted_cumsum(rewards[ep][::-1], self.gamma)[::-1] for ep in eps])
+        n, mean = len(rets), float(rets.mean())
+        m2 = float(((rets - mean) ** 2).sum())
+        d, tot = mean - self.mean, self.n + n
+        self.m2 += m2 + d * d * self.n * n / tot
+        self.mean += d * n / tot
+        self.n, self.ret = tot, float(rets[-1])
+
+
+def refit_targets(rewards: np.ndarray, episode_ends: np.ndarray, args: Args, scale_fn) -> np.ndarray:
+    """MC returns of the scaled dataset rewards, the targets of the online V re-fit: rewards × reward_scale_factor
+    (`number`), or ÷ the std of a warmed-up RunningReturnStd `scale_fn` (`dynamic`): the scale the online rewards
+    start with, not that of fresh statistics, which are unsettled for the first rewards."""
+    if args.reward_scale == "number":
+        r_sc = rewards * args.reward_scale_factor
+    else:
+        r_sc = rewards / (scale_fn.std + 1e-8)
+    return mc_returns(r_sc.astype(np.float32), episode_ends, args.gamma)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -950,10 +1022,12 @@ def eval_member(env, pi, member, norm, a_center, a_half, device, episodes, seed,
 # main
 # ----------------------------------------------------------------------------------------------
 def validate(args: Args):
-    for k in ("offline_steps", "online_steps", "value_steps", "bc_steps", "term_steps", "value_refit_steps"):
+    for k in ("offline_steps", "online_steps", "value_steps", "bc_steps", "term_steps", "value_refit_steps",
+              "clip_decay_steps"):  # fmt: skip
         if getattr(args, k) < 0:
             fail(f"--{k.replace('_', '-')} must be >= 0, got {getattr(args, k)}")
-    for k in ("eval_freq", "eval_episodes", "batch_size", "num_policies", "ope_freq", "ope_horizon", "ope_num_states"):
+    for k in ("eval_freq", "eval_episodes", "batch_size", "num_policies", "ope_freq", "ope_horizon", "ope_num_states",
+              "clip_decay_horizon"):  # fmt: skip
         if getattr(args, k) <= 0:
             fail(f"--{k.replace('_', '-')} must be > 0, got {getattr(args, k)}")
     for k in ("num_steps", "minibatch_size", "update_epochs", "dyn_members", "dyn_elites", "dyn_batch_size"):
@@ -971,6 +1045,9 @@ def validate(args: Args):
         fail("--phases online needs --online-steps > 0")
     if args.select_top_k <= 0:
         fail(f"--select-top-k must be > 0, got {args.select_top_k}")
+    if args.clip_decay_steps > args.clip_decay_horizon:
+        fail(f"--clip-decay-steps ({args.clip_decay_steps}) cannot exceed --clip-decay-horizon "
+             f"({args.clip_decay_horizon}): ε would turn negative")  # fmt: skip
 
 
 def main(args: Args):
@@ -1098,7 +1175,7 @@ def main(args: Args):
         for step in range(1, args.offline_steps + 1):
             frac = 1 - (step - 1) / args.offline_steps
             opt.param_groups[0]["lr"] = args.pi_lr * frac
-            clip = args.clip_ratio * (1 - min(step - 1, args.clip_decay_steps) / args.offline_steps)
+            clip = clip_schedule(step, args)
             i = torch.as_tensor(rng.integers(0, D["s"].shape[0], args.batch_size), device=device)
             loss, ratio = offline_ppo_loss(pi, pi_ref, Q, V, D["s"][i], clip, args.iql, args.omega)
             opt.zero_grad()
@@ -1108,6 +1185,7 @@ def main(args: Args):
             if step % 100 == 0:
                 log.scalar("offline", "losses/policy_loss", loss.item() / pi.n, step)
                 log.scalar("offline", "losses/ratio_dev", (ratio - 1).abs().mean().item(), step)
+                log.scalar("offline", "charts/clip_ratio", clip, step)
                 log.scalar("offline", "charts/SPS", step / (time.time() - t), step)
             if step % args.ope_freq == 0 or step == args.offline_steps:
                 scores = score(pi)
@@ -1180,22 +1258,14 @@ def main(args: Args):
             scale_fn = lambda r, start: r * args.reward_scale_factor  # noqa: E731
         elif args.reward_scale == "dynamic":
             scale_fn = RunningReturnStd(args.gamma)
-            starts = np.concatenate([[True], data["episode_ends"][:-1]])
-            for r, st in zip(data["rewards"], starts):  # warm up the running statistics on the dataset
-                scale_fn(float(r), bool(st))
+            scale_fn.warm_up(data["rewards"], data["episode_ends"])  # the running statistics start from the data
         if V is None:
             critic = ValueNet(obs_dim, args.v_hidden_dim, args.v_depth).to(device)
         elif scale_fn is None:
             critic = V
         else:  # re-fit V to MC returns of the scaled offline rewards
             critic = ValueNet(obs_dim, args.v_hidden_dim, args.v_depth).to(device)
-            starts = np.concatenate([[True], data["episode_ends"][:-1]])
-            if args.reward_scale == "number":
-                r_sc = data["rewards"] * args.reward_scale_factor
-            else:
-                tmp = RunningReturnStd(args.gamma)
-                r_sc = np.array([tmp(float(r), bool(st)) for r, st in zip(data["rewards"], starts)], np.float32)
-            mc = T(mc_returns(r_sc.astype(np.float32), data["episode_ends"], args.gamma))
+            mc = T(refit_targets(data["rewards"], data["episode_ends"], args, scale_fn))
             vopt = torch.optim.Adam(critic.parameters(), lr=args.value_lr)
             for _ in range(args.value_refit_steps):
                 i = torch.as_tensor(rng.integers(0, mc.shape[0], args.batch_size), device=device)

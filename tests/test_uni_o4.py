@@ -189,6 +189,99 @@ def test_default_disagreement_term_is_the_papers_bounded_lower_bound():
         torch.testing.assert_close(gp, gw, rtol=1e-5, atol=1e-7)
 
 
+def test_offline_clip_schedule_follows_the_official_horizon():
+    """ε = 0.25(1 − min(step − 1, 200)/1e4): 0.25 at the first step, frozen at 0.245 after 200 steps, whatever the
+    run's own --offline-steps (dividing by it froze ε at 0.20 for 1000 steps and 0.083 for 300)."""
+    for offline_steps in (300, 1_000, 10_000):
+        args = U.Args(offline_steps=offline_steps)
+        assert U.clip_schedule(1, args) == pytest.approx(0.25)
+        assert U.clip_schedule(101, args) == pytest.approx(0.25 * (1 - 100 / 10_000))
+        assert U.clip_schedule(201, args) == pytest.approx(0.245)
+        assert U.clip_schedule(offline_steps, args) == pytest.approx(0.245)
+    assert U.clip_schedule(300, U.Args(clip_decay_horizon=400)) == pytest.approx(0.25 * (1 - 200 / 400))
+
+
+def _toy_data(n=600, ep_len=50, obs_dim=3, act_dim=1, reward=1.0, seed=0):
+    """Episodes of `ep_len` steps, reward 1, no terminations; the first state feature is the time in the episode,
+    so the return (γ = 0.9) is a function of the state."""
+    g = torch.Generator().manual_seed(seed)
+    k = torch.arange(n + 1) % ep_len
+    obs = torch.randn(n + 1, obs_dim, generator=g)
+    obs[:, 0] = k / ep_len
+    ends = (k[:n] == ep_len - 1).float()
+    rew = torch.full((n,), reward)
+    mc = torch.as_tensor(U.mc_returns(rew.numpy(), ends.numpy().astype(bool), 0.9))
+    a = torch.rand(n, act_dim, generator=g) * 2 - 1
+    return dict(s=obs[:-1], a=a, r=rew, s2=obs[1:], term=torch.zeros(n), ends=ends, a2=torch.cat([a[1:], a[-1:]]),
+                mc=mc)  # fmt: skip
+
+
+def test_sarsa_path_fits_a_single_q_network():
+    """--no-iql: one SARSA Q (the official QSarsaLearner is one network), here fitted to a known value: reward 1
+    every step, episodes of 50, no terminations, γ 0.9 -> Q(s, a) = the return to the episode's end, whose last
+    transition the SARSA target does not bootstrap (no a′). The IQL path keeps two heads."""
+    torch.manual_seed(0)
+    D = _toy_data()
+    args = U.Args(iql=False, value_steps=1500, batch_size=128, q_hidden_dim=64, v_hidden_dim=64, value_lr=1e-3,
+                  gamma=0.9, target_update_freq=1, tau=0.05)  # fmt: skip
+    V, Q = U.fit_values(D, args, "cpu", None, np.random.default_rng(0))
+    assert Q.net.n == 1
+    with torch.no_grad():
+        q = Q(D["s"], D["a"])
+    assert q.shape == (1, 600)
+    assert (q[0] - D["mc"]).abs().mean() < 0.5, (q[0] - D["mc"]).abs().mean()  # returns 1 … 9.9
+    args.iql, args.value_steps = True, 1
+    assert U.fit_values(D, args, "cpu", None, np.random.default_rng(0))[1].net.n == 2
+
+
+def _mc_reference(rewards, ends, gamma):
+    out, g = np.zeros(len(rewards)), 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        g = rewards[t] + gamma * g * (not ends[t])
+        out[t] = g
+    return out
+
+
+def test_vectorised_returns_match_the_step_by_step_recursions():
+    """MC returns and the warm-up of the dynamic reward scaling, vectorised per episode (blocks of 256 steps),
+    equal the step-by-step recursions: episodes longer than a block, one-step episodes, γ = 1 and a small γ."""
+    rng = np.random.default_rng(0)
+    lengths = [1, 700, 3, 256, 257, 40]
+    ends = np.concatenate([np.eye(1, n, n - 1, dtype=bool)[0] for n in lengths])
+    rewards = rng.normal(size=len(ends)).astype(np.float32)
+    for gamma in (0.99, 1.0, 0.3):
+        np.testing.assert_allclose(U.mc_returns(rewards, ends, gamma), _mc_reference(rewards, ends, gamma),
+                                   rtol=1e-5, atol=1e-4)  # fmt: skip
+    stepwise, vectorised = U.RunningReturnStd(0.99), U.RunningReturnStd(0.99)
+    starts = np.concatenate([[True], ends[:-1]])
+    for r, st in zip(rewards, starts):
+        stepwise(float(r), bool(st))
+    vectorised.warm_up(rewards, ends)
+    assert vectorised.n == stepwise.n
+    for k in ("mean", "m2", "ret"):
+        assert getattr(vectorised, k) == pytest.approx(getattr(stepwise, k), rel=1e-6, abs=1e-6), k
+    # the online stream continues from the warmed-up statistics
+    assert vectorised(0.5, False) == pytest.approx(stepwise(0.5, False), rel=1e-6)
+
+
+def test_dynamic_value_refit_uses_the_warmed_up_statistics():
+    """The V re-fit's targets are MC returns of the dataset rewards divided by the std after the warm-up, one
+    scale for every reward; fresh statistics gave the first rewards a scale from a handful of returns (n = 2: a
+    std ≈ 0, a reward blown up by 1e8)."""
+    rng = np.random.default_rng(0)
+    ends = np.zeros(400, dtype=bool)
+    ends[99::100] = True
+    rewards = rng.normal(1.0, 0.5, 400).astype(np.float32)
+    args = U.Args(reward_scale="dynamic", gamma=0.9)
+    scale = U.RunningReturnStd(args.gamma)
+    scale.warm_up(rewards, ends)
+    targets = U.refit_targets(rewards, ends, args, scale)
+    np.testing.assert_allclose(targets, _mc_reference(rewards / scale.std, ends, 0.9), rtol=1e-5)
+    args = U.Args(reward_scale="number", reward_scale_factor=0.1, gamma=0.9)
+    np.testing.assert_allclose(U.refit_targets(rewards, ends, args, None), _mc_reference(rewards * 0.1, ends, 0.9),
+                               rtol=1e-5)  # fmt: skip
+
+
 # ------------------------------------------------------------------ learning runs (subprocess)
 @pytest.fixture(scope="module")
 def offline_runs(minari_root, tmp_path_factory):
@@ -302,6 +395,8 @@ def test_unknown_dataset_fails_cleanly(minari_root, tmp_path):
 def test_bad_flags_fail_cleanly(minari_root, tmp_path):
     proc = run_cli(SCRIPT, "--offline-steps", "-1", minari_root=minari_root)
     assert proc.returncode == 2 and "--offline-steps" in proc.stderr
+    proc = run_cli(SCRIPT, "--clip-decay-steps", "300", "--clip-decay-horizon", "200", minari_root=minari_root)
+    assert proc.returncode == 2 and "--clip-decay-horizon" in proc.stderr
 
 
 def test_unknown_env_without_terminations_warns(capsys):
