@@ -960,7 +960,12 @@ def validate(args: Args):
         (0.0 < args.init_online_fraction < 1.0, "--init-online-fraction must be in (0, 1)"),
         (args.weight_net_batch_size > 0, "--weight-net-batch-size must be > 0"),
         (args.online_buffer_size > 0, "--online-buffer-size must be > 0"),
-        (min(args.q_lr, args.policy_lr, args.offline_policy_lr, args.weight_net_lr) > 0, "learning rates must be > 0"),
+        # a learning rate of 0 freezes that part (Adam then leaves its parameters exactly as they are): the
+        # no-learning control of the tests
+        (
+            min(args.q_lr, args.policy_lr, args.offline_policy_lr, args.weight_net_lr) >= 0.0,
+            "learning rates must be >= 0",
+        ),
     ]
     for ok, msg in checks:
         if not ok:
