@@ -244,7 +244,8 @@ def build_grid(args: Args) -> list[Cell]:
 
 def _cpu_grid(args: Args) -> list[Cell]:
     """mujoco-cpu: CPU_ARMS on CPU_DATASETS; the SHARED_OFFLINE arms load one `<algo>[offline]` cell's checkpoint.
-    Flags are budget, arm, --extra-flags, then the cell's role (offline-only / load), which nothing overrides."""
+    Flags are budget, --extra-flags, then the arm's and the cell's role (offline-only / load), which --extra-flags
+    cannot override (the last of a repeated flag wins)."""
     algos = sorted((a for a in ALGORITHMS if a in args.algorithms), key=lambda a: a not in SHARED_OFFLINE)
     datasets = {d: args.seeds or CPU_DATASETS.get(d, 2) for d in (args.datasets or CPU_DATASETS)}
     cells = []
@@ -257,7 +258,7 @@ def _cpu_grid(args: Args) -> list[Cell]:
                     parent = Cell(a, f"{a}[offline]", d, s, tuple(shlex.split(flags)))
                     cells.append(parent)
                 for arm, arm_flags in CPU_ARMS[a].items():
-                    flags = tuple(shlex.split(f"{CPU_BUDGET[a]} {arm_flags} {args.extra_flags}"))
+                    flags = tuple(shlex.split(f"{CPU_BUDGET[a]} {args.extra_flags} {arm_flags}"))
                     cells.append(
                         Cell(a, f"{a}[{arm}]", d, s, flags, parent if arm in SHARED_OFFLINE.get(a, ()) else None)
                     )

@@ -24,9 +24,8 @@ def test_dry_run_prints_the_commands(minari_root, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("launcher", ["local", "ray"])
-def test_tiny_grid(minari_root, tmp_path, launcher):
-    out = tmp_path / launcher
+def test_tiny_grid(minari_root, tmp_path):
+    out, launcher = tmp_path / "local", "local"
     # two datasets: the cells on the missing one fail (exit 1 overall), the others finish
     grid = [*TINY_GRID, "--out", str(out), "--launcher", launcher, "--datasets", "o2o/pendulum/medium-replay-v0",
             "test/pendulum/missing-v0"]  # fmt: skip
@@ -67,6 +66,36 @@ def test_tiny_grid(minari_root, tmp_path, launcher):
     again = run_cli("benchmark/run.py", *grid, minari_root=minari_root, timeout=1800)
     assert "8 cells, 4 already done, 4 to run" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/*/summary.json")} == stamps and len(stamps) == 4
+
+
+def test_ray_grid_with_a_shared_offline_cell(minari_root, tmp_path):
+    """One call through Ray: mujoco-cpu's Off2On arms on pendulum at a tiny budget; the replay arms load the offline
+    cell's checkpoint, and each reports that cell's offline score."""
+    tiny = (  # --ensemble-size 2 for speed; the single-CQL arm's own --ensemble-size 1 comes after it and wins
+        "--offline-steps 50 --online-steps 200 --ensemble-size 2 --hidden-dim 32 --batch-size 32 --cql-n-actions 2 "
+        "--epoch-env-steps 100 --epoch-grad-steps 50 --first-epoch-multiplier 1 --eval-freq 100 --eval-episodes 2"
+    )
+    out, dataset = tmp_path / "ray", "o2o/pendulum/medium-replay-v0"
+    grid = ["--preset", "mujoco-cpu", "--algorithms", "off2on", "--datasets", dataset, "--seeds", "1",
+            "--launcher", "ray", "--workers", "2", f"--extra-flags={tiny}", "--out", str(out)]  # fmt: skip
+    proc = run_cli("benchmark/run.py", *grid, minari_root=minari_root, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    def summary(label):
+        return json.loads(
+            (out / "runs" / label / "o2o_pendulum_medium-replay-v0" / "seed1" / "summary.json").read_text()
+        )
+
+    with open(out / "runs.csv") as f:
+        rows = {r["label"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"off2on[balanced]", "off2on[uniform]", "off2on[online-only]", "off2on[single-cql]"}
+    offline = summary("off2on[offline]")
+    for label in ("off2on[balanced]", "off2on[uniform]", "off2on[online-only]"):
+        loaded = summary(label)["args"]["load_offline"]
+        assert loaded.endswith("off2on[offline]/o2o_pendulum_medium-replay-v0/seed1/offline_ensemble.pt")
+        assert float(rows[label]["offline_final"]) == pytest.approx(offline["offline"]["final_score"])
+    assert summary("off2on[single-cql]")["args"]["ensemble_size"] == 1  # the arm's flag beats --extra-flags
+    assert "| off2on[balanced] | off2on[uniform] | online_final |" in (out / "results.md").read_text()
 
 
 def test_bad_arguments(minari_root, tmp_path):
