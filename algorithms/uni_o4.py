@@ -3,7 +3,6 @@
 Paper: Uni-O4: Unifying Online and Offline Deep RL with Multi-Step On-Policy Optimization,
 https://arxiv.org/abs/2311.03351
 Official code: https://github.com/Lei-Kun/Uni-O4 (read for facts only; nothing copied)
-Spec: ../shared/research/uni_o4.md
 
 Pipeline (one file, phases combinable with --phases):
   1. values: IQL expectile V̂_τ and double Q̂_τ on the dataset (--no-iql: Monte-Carlo V + SARSA Q);
@@ -43,9 +42,10 @@ Deviations from the paper / official code (every one is deliberate):
   noise, and the reference's score is exactly the best-so-far. The official code resamples starts each round and
   compares against a running maximum of differently sampled scores. AM-Q is the mean of min(Q̂1, Q̂2) over the
   visited (non-terminated) model pairs; a non-finite model state counts as a termination.
-- Termination rules for Hopper, Walker2d, HalfCheetah (ported from the spec) and Pendulum (never). For any other
-  env a termination classifier is learned from the dataset's terminal transitions; if the dataset has none, a
-  warning is printed and the model assumes the env never terminates (`--termination never` silences it).
+- Termination rules for Hopper, Walker2d, HalfCheetah (from the official termination_fns.py) and Pendulum (never).
+  For any other env a termination classifier is learned from the dataset's terminal transitions; if the dataset
+  has none, a warning is printed and the model assumes the env never terminates (`--termination never` silences
+  it).
 - Selection for the online phase: by OPE alone — the member with the highest best-so-far AM-Q, and its accepted
   reference policy (official: top-3 final policies by last AM-Q, then the best real-env return; that spends real
   episodes the paper does not count). `--select-with-env` does the official thing: it evaluates the top-k
@@ -59,6 +59,10 @@ Deviations from the paper / official code (every one is deliberate):
   returns). Without reward scaling V starts from the offline V̂. With `dynamic` scaling the dataset rewards are
   divided by the running std after its warm-up on the whole dataset, the scale the online rewards start with.
 - Online learning rates decay linearly to 0 over --online-steps (the paper's horizon is 1M steps: pass that).
+- Online evaluation: at env step 0 (the policy fine-tuning starts from), then after the update of the first PPO
+  rollout that ends at or after each due step (multiples of --eval-freq, and of --early-eval-freq up to
+  --early-eval-until) and at the last step. The online losses and clip fraction logged are means over every
+  minibatch of the rollout's update.
 - Online-only mode (--phases online) still normalises states with the frozen dataset statistics.
 - No caching of V/Q, BC or the dynamics model across runs; no per-500-step real-env logging evaluations offline
   (the env is used offline only for the headline evaluations: after BC and every --eval-freq improvement steps).
@@ -68,6 +72,9 @@ Deviations from the paper / official code (every one is deliberate):
 - Offline ε follows the official schedule, 0.25·(1 − min(step − 1, 200)/1e4) (`--clip-decay-steps`,
   `--clip-decay-horizon`): it freezes at ≈0.245 whatever --offline-steps is. The offline learning rate decays
   linearly to 0 over --offline-steps (official: over its 1e4 steps, the same at the paper's budget).
+- Minibatch indices are drawn on the device from a torch Generator seeded with --seed; update steps return
+  detached tensors and the loops reduce them to floats only when they log, so a GPU is never synchronised in a
+  hot loop (one device→host copy per online env step, for the action).
 - Step budgets default to CPU sizes; each Args docstring gives the paper's budget. Network sizes are the paper's.
 Known behaviour: AM-Q scores with the same Q̂ that drives the improvement, so the gate cannot catch Q̂'s errors.
 On the pendulum datasets, 2000 value steps at width 64 gave a Q̂ whose improvement lowered the real score by ~15
@@ -127,7 +134,14 @@ class Args:
     online_steps: int = 20_000
     """number of online environment steps; 0 skips the online phase (paper: 1e6)"""
     eval_freq: int = 5_000
-    """evaluate every this many steps (improvement gradient steps offline, environment steps online)"""
+    """evaluate every this many steps (improvement gradient steps offline; environment steps online, where the PPO
+    loop evaluates after the update of the first rollout that ends at or after each due step)"""
+    early_eval_freq: int = 0
+    """online phase: also evaluate every this many env steps during the first `early_eval_until` env steps, to
+    resolve the start-of-fine-tuning dip (0: off); like every online evaluation it runs after the update of the
+    first rollout that ends at or after each due step, so steps closer than --num-steps share one evaluation"""
+    early_eval_until: int = 0
+    """online phase: env steps over which `early_eval_freq` applies"""
     eval_episodes: int = 10
     """number of deterministic evaluation episodes"""
     batch_size: int = 512
@@ -139,7 +153,7 @@ class Args:
     """normalise states by the dataset mean/std (frozen, also online)"""
     gamma: float = 0.99
     """discount γ"""
-    # values (section b of the spec)
+    # values (official critic.py)
     iql: bool = True
     """IQL expectile V̂_τ + double Q̂_τ; --no-iql: Monte-Carlo V + SARSA Q with ω-weighted advantages"""
     value_steps: int = 5_000
@@ -160,7 +174,7 @@ class Args:
     """Polyak rate of the target Q"""
     target_update_freq: int = 2
     """update the target Q every this many value steps"""
-    # behaviour cloning (section a)
+    # behaviour cloning (official BC_ensemble.py)
     num_policies: int = 4
     """ensemble size n"""
     bc_steps: int = 5_000
@@ -178,7 +192,7 @@ class Args:
     bc_reg: Literal["paper", "official", "none"] = "paper"
     """disagreement term of Eq. 6: paper = α(log π_i − log max_j π_j) with the max over all members (≤ 0, carries
     gradient); official = the official default (max over j ≠ i, detached), a no-op under Adam; none = plain MLE"""
-    # dynamics model for OPE (section d)
+    # dynamics model for OPE (official transition_model/)
     dyn_members: int = 7
     """dynamics ensemble members"""
     dyn_elites: int = 5
@@ -199,7 +213,7 @@ class Args:
     """termination rule of model rollouts: auto picks by env id, else learns one from the dataset"""
     term_steps: int = 2_000
     """gradient steps of the learned termination classifier (used only for envs without a rule)"""
-    # offline improvement and OPE (section c, d)
+    # offline improvement and OPE (official abppo.py, dynamics_eval.py)
     pi_lr: float = 1e-4
     """initial Adam learning rate of offline improvement (decays linearly to 0)"""
     clip_ratio: float = 0.25
@@ -220,7 +234,7 @@ class Args:
     """official member selection: top-k by AM-Q then the best real return (spends hidden online episodes)"""
     select_top_k: int = 3
     """k of --select-with-env"""
-    # online PPO (section e)
+    # online PPO (official ppo_finetune/)
     num_steps: int = 2048
     """environment steps per PPO rollout"""
     minibatch_size: int = 128
@@ -513,7 +527,7 @@ def gaussian_log_prob(a: torch.Tensor, mu: torch.Tensor, log_std: torch.Tensor) 
 
 class GaussianPolicyEnsemble(nn.Module):
     """n Gaussian policies. A tanh on the whole output: μ = tanh part (in [−1, 1]); log σ = −5 + 2.5(t + 1),
-    t the other tanh part, so log σ ∈ [−5, 0]; π = Normal(μ, σ), unsquashed (spec 1a)."""
+    t the other tanh part, so log σ ∈ [−5, 0]; π = Normal(μ, σ), unsquashed (official net.py)."""
 
     def __init__(self, n, obs_dim, act_dim, hidden=256, depth=3, activation="relu"):
         super().__init__()
@@ -530,10 +544,11 @@ class GaussianPolicyEnsemble(nn.Module):
         return gaussian_log_prob(a, mu, log_std)
 
     def copy_members_from(self, other: "GaussianPolicyEnsemble", mask: torch.Tensor):
-        """π_k ← π for the members where mask is True (vectorised, no loop over members)."""
+        """π_k ← π for the members where mask is True (vectorised, no loop over members; torch.where, not a
+        boolean-mask assignment, so the device never synchronises with the host)."""
         with torch.no_grad():
             for p, q in zip(self.parameters(), other.parameters()):
-                p[mask] = q[mask]
+                p.copy_(torch.where(mask.view(-1, *([1] * (p.dim() - 1))), q, p))
 
     def extract(self, i: int) -> "GaussianPolicyEnsemble":
         single = copy.deepcopy(self)
@@ -574,7 +589,8 @@ class ValueNet(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# Dynamics ensemble for OPE (spec 1d): Gaussian over [Δs, r], soft-bounded log-variance, elites
+# Dynamics ensemble for OPE (official transition_model/, from OfflineRL-Kit): Gaussian over [Δs, r],
+# soft-bounded log-variance, elites
 # ----------------------------------------------------------------------------------------------
 class DynamicsEnsemble(nn.Module):
     WEIGHT_DECAYS = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)  # per layer, the last for the output layer
@@ -612,33 +628,43 @@ class DynamicsEnsemble(nn.Module):
         return s + out[:, :-1], out[:, -1]
 
 
-def train_dynamics(model: DynamicsEnsemble, s, a, r, s2, args: Args, log: Optional["RunLogger"], rng) -> dict:
+def dynamics_step(model: DynamicsEnsemble, opt, x, y) -> torch.Tensor:
+    """One step on per-member minibatches x [M, B, in], y [M, B, out]: Gaussian NLL + weight decay + the
+    log-variance bound penalty. Returns the loss, detached."""
+    mean, logvar = model(x)
+    inv_var = (-logvar).exp()
+    nll = (((mean - y) ** 2) * inv_var).mean((1, 2)).sum() + logvar.mean((1, 2)).sum()
+    loss = nll + model.weight_decay() + 0.01 * (model.max_logvar.sum() - model.min_logvar.sum())
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
+def train_dynamics(
+    model: DynamicsEnsemble, s, a, r, s2, args: Args, log: Optional["RunLogger"], gen: torch.Generator
+) -> dict:
     """Bootstrap per member, holdout min(20%, 1000), stop after `dyn_patience` epochs without a >1% holdout gain
-    of any member, keep each member's best weights, elites = lowest holdout MSE."""
+    of any member, keep each member's best weights, elites = lowest holdout MSE. `gen`: a torch Generator on the
+    data's device (all index draws stay on the device)."""
     device = s.device
     x, y = torch.cat([s, a], -1), torch.cat([s2 - s, r[:, None]], -1)
     n = x.shape[0]
-    perm = torch.as_tensor(rng.permutation(n), device=device)
+    perm = torch.randperm(n, generator=gen, device=device)
     n_hold = min(int(0.2 * n), 1000)
     hold, train = perm[:n_hold], perm[n_hold:]
     model.in_mu.copy_(x[train].mean(0))
     model.in_std.copy_(torch.where(x[train].std(0) < 1e-12, torch.ones_like(model.in_std), x[train].std(0)))
     opt = torch.optim.Adam(model.parameters(), lr=args.dyn_lr)
-    boot = train[torch.as_tensor(rng.integers(0, len(train), (model.members, len(train))), device=device)]
+    boot = train[torch.randint(len(train), (model.members, len(train)), generator=gen, device=device)]
     best = torch.full((model.members,), float("inf"), device=device)
     best_state = copy.deepcopy(model.net.state_dict())
     epoch, since_update = 0, 0
     while True:
-        idx = boot[:, torch.as_tensor(rng.permutation(len(train)), device=device)]
+        idx = boot[:, torch.randperm(len(train), generator=gen, device=device)]
         for b in range(0, len(train), args.dyn_batch_size):
             bi = idx[:, b : b + args.dyn_batch_size]
-            mean, logvar = model(x[bi])
-            inv_var = (-logvar).exp()
-            nll = (((mean - y[bi]) ** 2) * inv_var).mean((1, 2)).sum() + logvar.mean((1, 2)).sum()
-            loss = nll + model.weight_decay() + 0.01 * (model.max_logvar.sum() - model.min_logvar.sum())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            dynamics_step(model, opt, x[bi], y[bi])
         epoch += 1
         with torch.no_grad():
             mean, _ = model(x[hold].unsqueeze(0).expand(model.members, -1, -1))
@@ -665,7 +691,7 @@ def train_dynamics(model: DynamicsEnsemble, s, a, r, s2, args: Args, log: Option
     return dict(epochs=epoch, elite_holdout_mse=elite_mse, holdout_mse=best.tolist())
 
 
-# Termination rules of model rollouts, on raw next states (spec 1d).
+# Termination rules of model rollouts, on raw next states (official termination_fns.py).
 def _term_hopper(s):
     h, ang = s[:, 0], s[:, 1]
     healthy = torch.isfinite(s).all(-1) & (s[:, 1:].abs() < 100).all(-1) & (h > 0.7) & (ang.abs() < 0.2)
@@ -705,13 +731,13 @@ class LearnedTermination(nn.Module):
     def __call__(self, s):
         return super().__call__(s) > 0
 
-    def fit(self, s2, term, steps, batch_size, rng):
+    def fit(self, s2, term, steps, batch_size, gen: torch.Generator):
         self.mu.copy_(s2.mean(0))
         self.std.copy_(s2.std(0).clamp_min(1e-6))
         pos_weight = ((1 - term).sum() / term.sum().clamp_min(1)).clamp(1, 100)
         opt = torch.optim.Adam(self.net.parameters(), lr=1e-3)
         for _ in range(steps):
-            i = torch.as_tensor(rng.integers(0, len(s2), batch_size), device=s2.device)
+            i = torch.randint(len(s2), (batch_size,), generator=gen, device=s2.device)
             loss = F.binary_cross_entropy_with_logits(self.forward(s2[i]), term[i], pos_weight=pos_weight)
             opt.zero_grad()
             loss.backward()
@@ -778,10 +804,40 @@ def mc_returns(rewards: np.ndarray, episode_ends: np.ndarray, gamma: float) -> n
     return out.astype(np.asarray(rewards).dtype)
 
 
-def fit_values(D: dict, args: Args, device, log: Optional[RunLogger], rng) -> tuple[ValueNet, DoubleQ]:
+def value_step(V, Q, Q_tgt, v_opt, q_opt, batch: dict, args: Args, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One V and one Q update (IQL, or MC-V + SARSA-Q with --no-iql) and the Polyak target update every
+    `target_update_freq` steps. Returns (v_loss, q_loss), detached."""
+    s, a, r, s2, d = batch["s"], batch["a"], batch["r"], batch["s2"], batch["term"]
+    if args.iql:
+        with torch.no_grad():
+            tq = Q_tgt(s, a).min(0).values
+        u = tq - V(s)
+        v_loss = (torch.where(u > 0, args.omega, 1 - args.omega) * u**2).mean()
+        with torch.no_grad():
+            target = r + args.gamma * (1 - d) * V(s2)
+    else:
+        v_loss = ((V(s) - batch["mc"]) ** 2).mean()
+        with torch.no_grad():
+            no_boot = torch.maximum(d, batch["ends"])  # no a' after an episode's last transition
+            target = r + args.gamma * (1 - no_boot) * Q_tgt(s2, batch["a2"]).min(0).values
+    v_opt.zero_grad()
+    v_loss.backward()
+    v_opt.step()
+    q_loss = ((Q(s, a) - target) ** 2).mean(1).sum()
+    q_opt.zero_grad()
+    q_loss.backward()
+    q_opt.step()
+    if step % args.target_update_freq == 0:
+        with torch.no_grad():
+            for p, pt in zip(Q.parameters(), Q_tgt.parameters()):
+                pt.lerp_(p, args.tau)
+    return v_loss.detach(), q_loss.detach()
+
+
+def fit_values(D: dict, args: Args, device, log: Optional[RunLogger], gen: torch.Generator) -> tuple[ValueNet, DoubleQ]:
     """IQL (expectile V towards target min-Q at dataset actions; Q towards r + γ(1−d)V(s')) or, with --no-iql,
     MC-regression V and a single SARSA Q (the official `QSarsaLearner` is one network). Polyak target update every
-    `target_update_freq` steps."""
+    `target_update_freq` steps. Minibatch indices are drawn on the device from `gen`."""
     obs_dim, act_dim = D["s"].shape[1], D["a"].shape[1]
     V = ValueNet(obs_dim, args.v_hidden_dim, args.v_depth).to(device)
     Q = DoubleQ(obs_dim, act_dim, args.q_hidden_dim, args.q_depth, heads=2 if args.iql else 1).to(device)
@@ -789,37 +845,17 @@ def fit_values(D: dict, args: Args, device, log: Optional[RunLogger], rng) -> tu
     v_opt = torch.optim.Adam(V.parameters(), lr=args.value_lr)
     q_opt = torch.optim.Adam(Q.parameters(), lr=args.value_lr)
     n = D["s"].shape[0]
+    keys = ("s", "a", "r", "s2", "term") + (() if args.iql else ("ends", "a2", "mc"))
     t0 = time.time()
     for step in range(1, args.value_steps + 1):
-        i = torch.as_tensor(rng.integers(0, n, args.batch_size), device=device)
-        s, a, r, s2, d = D["s"][i], D["a"][i], D["r"][i], D["s2"][i], D["term"][i]
-        if args.iql:
-            with torch.no_grad():
-                tq = Q_tgt(s, a).min(0).values
-            u = tq - V(s)
-            v_loss = (torch.where(u > 0, args.omega, 1 - args.omega) * u**2).mean()
-            with torch.no_grad():
-                target = r + args.gamma * (1 - d) * V(s2)
-        else:
-            v_loss = ((V(s) - D["mc"][i]) ** 2).mean()
-            with torch.no_grad():
-                no_boot = torch.maximum(d, D["ends"][i])  # no a' after an episode's last transition
-                target = r + args.gamma * (1 - no_boot) * Q_tgt(s2, D["a2"][i]).min(0).values
-        v_opt.zero_grad()
-        v_loss.backward()
-        v_opt.step()
-        q_loss = ((Q(s, a) - target) ** 2).mean(1).sum()
-        q_opt.zero_grad()
-        q_loss.backward()
-        q_opt.step()
-        if step % args.target_update_freq == 0:
-            with torch.no_grad():
-                for p, pt in zip(Q.parameters(), Q_tgt.parameters()):
-                    pt.lerp_(p, args.tau)
+        i = torch.randint(n, (args.batch_size,), generator=gen, device=device)
+        batch = {k: D[k][i] for k in keys}
+        v_loss, q_loss = value_step(V, Q, Q_tgt, v_opt, q_opt, batch, args, step)
         if log is not None and (step % 1000 == 0 or step == args.value_steps):
             log.scalar("offline", "losses/v_loss", v_loss.item(), step)
             log.scalar("offline", "losses/q_loss", q_loss.item(), step)
-            log.scalar("offline", "values/v_values", V(s).mean().item(), step)
+            with torch.no_grad():
+                log.scalar("offline", "values/v_values", V(batch["s"]).mean().item(), step)
             log.scalar("offline", "values/SPS", step / (time.time() - t0), step)
             if step % 5000 == 0:
                 print(f"[offline/values] step {step}: v_loss {v_loss.item():.4f} q_loss {q_loss.item():.4f}")
@@ -843,6 +879,15 @@ def bc_loss(pi: GaussianPolicyEnsemble, s, a, alpha: float, reg: str) -> tuple[t
     return loss.sum(), -logp.detach().mean(1)
 
 
+def bc_step(pi: GaussianPolicyEnsemble, opt, s, a, alpha: float, reg: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ensemble-BC update. Returns (loss summed over members, per-member NLL [N]), detached."""
+    loss, nll = bc_loss(pi, s, a, alpha, reg)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.detach(), nll
+
+
 @torch.no_grad()
 def bc_nll(pi: GaussianPolicyEnsemble, D: dict, max_samples: int = 10_000, chunk: int = 2_048) -> torch.Tensor:
     """Per-member mean −log π_i(a|s) over (the first `max_samples` of) the dataset's pairs, a tensor [N]."""
@@ -853,18 +898,15 @@ def bc_nll(pi: GaussianPolicyEnsemble, D: dict, max_samples: int = 10_000, chunk
     return total / n
 
 
-def train_bc(pi: GaussianPolicyEnsemble, D: dict, args: Args, log: Optional[RunLogger], rng) -> None:
+def train_bc(pi: GaussianPolicyEnsemble, D: dict, args: Args, log: Optional[RunLogger], gen: torch.Generator) -> None:
     """All members see the same minibatch; one Adam over the stacked weights equals one Adam per member
-    because the members' losses are summed, not averaged."""
+    because the members' losses are summed, not averaged. Minibatch indices are drawn on the device from `gen`."""
     opt = torch.optim.Adam(pi.parameters(), lr=args.bc_lr)
     n = D["s"].shape[0]
     t0 = time.time()
     for step in range(1, args.bc_steps + 1):
-        i = torch.as_tensor(rng.integers(0, n, args.batch_size), device=D["s"].device)
-        loss, nll = bc_loss(pi, D["s"][i], D["a"][i], args.bc_alpha, args.bc_reg)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        i = torch.randint(n, (args.batch_size,), generator=gen, device=D["s"].device)
+        loss, nll = bc_step(pi, opt, D["s"][i], D["a"][i], args.bc_alpha, args.bc_reg)
         if log is not None and (step % 1000 == 0 or step == args.bc_steps):
             log.scalar("offline", "losses/bc_loss", loss.item() / pi.n, step)
             for m, v in enumerate(nll.tolist()):  # minibatch NLL of each member: a collapsing member shows here
@@ -906,6 +948,17 @@ def clip_schedule(step: int, args: Args) -> float:
     return args.clip_ratio * (1 - min(step - 1, args.clip_decay_steps) / args.clip_decay_horizon)
 
 
+def offline_ppo_step(pi, pi_ref, Q, V, opt, s, clip: float, args: Args) -> tuple[torch.Tensor, torch.Tensor]:
+    """One offline PPO update of every member, per-member gradient-norm clipping. Returns (loss summed over
+    members, mean |ρ − 1|), detached."""
+    loss, ratio = offline_ppo_loss(pi, pi_ref, Q, V, s, clip, args.iql, args.omega)
+    opt.zero_grad()
+    loss.backward()
+    clip_grad_norm_per_member(pi.parameters(), args.max_grad_norm)
+    opt.step()
+    return loss.detach(), (ratio.detach() - 1).abs().mean()
+
+
 class StateNorm:
     def __init__(self, mean: np.ndarray, std: np.ndarray, device):
         self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device)
@@ -933,8 +986,8 @@ def am_q(pi, dyn, term_fn, Q, norm: StateNorm, s0_raw, horizon: int, seed: int) 
         bad = ~torch.isfinite(s).all(-1)
         s = torch.where(bad[:, None], torch.zeros_like(s), s)
         alive = alive * (~(term_fn(s) | bad)).float()
-        if alive.sum() == 0:
-            break
+        # no early exit once every rollout has terminated: testing that would synchronise the device every model
+        # step; terminated rollouts add nothing to `total` or `count`, so the result is the same
     return total.view(N, B).sum(1) / count.view(N, B).sum(1)
 
 
@@ -1000,6 +1053,44 @@ def refit_targets(rewards: np.ndarray, episode_ends: np.ndarray, args: Args, sca
     return mc_returns(r_sc.astype(np.float32), episode_ends, args.gamma)
 
 
+def online_eval_due(args: Args, lo: int, hi: int) -> bool:
+    """Whether an online evaluation fell due at an env step t in (lo, hi]: t % eval_freq == 0, or an early step
+    (t <= early_eval_until and t % early_eval_freq == 0). The PPO loop asks after each rollout's update, hi being
+    the env steps so far and lo those at the previous rollout's end, so each due step is evaluated at the first
+    rollout end at or after it; step 0 (before any online interaction) and the last step are always evaluated."""
+    if (lo // args.eval_freq + 1) * args.eval_freq <= hi:
+        return True
+    if args.early_eval_freq > 0:
+        first_early = (lo // args.early_eval_freq + 1) * args.early_eval_freq
+        return first_early <= min(hi, args.early_eval_until)
+    return False
+
+
+def online_ppo_step(actor, critic, a_opt, c_opt, mb: dict, args: Args) -> torch.Tensor:
+    """One online PPO minibatch update of the actor (clip, entropy bonus) and the critic (value clipping).
+    Returns the detached tensor [policy loss, value loss, entropy, clip fraction]."""
+    mu, ls = actor(mb["s"])
+    logp = gaussian_log_prob(mb["a"], mu[0], ls[0])
+    ratio = (logp - mb["logp"]).exp()
+    entropy = (ls[0] + 0.5 * math.log(2 * math.pi * math.e)).sum(-1).mean()
+    adv = mb["adv"]
+    pg = -torch.min(ratio * adv, ratio.clamp(1 - args.online_clip, 1 + args.online_clip) * adv).mean()
+    a_loss = pg - args.ent_coef * entropy
+    a_opt.zero_grad()
+    a_loss.backward()
+    nn.utils.clip_grad_norm_(actor.parameters(), args.max_grad_norm)
+    a_opt.step()
+    v = critic(mb["s"])
+    v_clip = mb["v_old"] + (v - mb["v_old"]).clamp(-args.online_clip, args.online_clip)
+    v_loss = torch.max((v - mb["ret"]) ** 2, (v_clip - mb["ret"]) ** 2).mean()
+    c_opt.zero_grad()
+    v_loss.backward()
+    nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
+    c_opt.step()
+    clipfrac = ((ratio.detach() - 1).abs() > args.online_clip).float().mean()
+    return torch.stack([pg.detach(), v_loss.detach(), entropy.detach(), clipfrac])
+
+
 # ----------------------------------------------------------------------------------------------
 # Evaluation helpers
 # ----------------------------------------------------------------------------------------------
@@ -1023,7 +1114,7 @@ def eval_member(env, pi, member, norm, a_center, a_half, device, episodes, seed,
 # ----------------------------------------------------------------------------------------------
 def validate(args: Args):
     for k in ("offline_steps", "online_steps", "value_steps", "bc_steps", "term_steps", "value_refit_steps",
-              "clip_decay_steps"):  # fmt: skip
+              "early_eval_freq", "early_eval_until", "clip_decay_steps"):  # fmt: skip
         if getattr(args, k) < 0:
             fail(f"--{k.replace('_', '-')} must be >= 0, got {getattr(args, k)}")
     for k in ("eval_freq", "eval_episodes", "batch_size", "num_policies", "ope_freq", "ope_horizon", "ope_num_states",
@@ -1045,6 +1136,8 @@ def validate(args: Args):
         fail("--phases online needs --online-steps > 0")
     if args.select_top_k <= 0:
         fail(f"--select-top-k must be > 0, got {args.select_top_k}")
+    if args.early_eval_freq > 0 and args.early_eval_until == 0:
+        fail("--early-eval-freq > 0 needs --early-eval-until > 0")
     if args.clip_decay_steps > args.clip_decay_horizon:
         fail(f"--clip-decay-steps ({args.clip_decay_steps}) cannot exceed --clip-decay-horizon "
              f"({args.clip_decay_horizon}): ε would turn negative")  # fmt: skip
@@ -1104,6 +1197,7 @@ def main(args: Args):
     stage_times: dict[str, float] = {}
     extra: dict = dict(termination_rule=None, selection_env_steps=0, offline_gradient_steps=0)
     diagnostics: dict = {}  # summary.json["diagnostics"]: plain floats and lists
+    gen = torch.Generator(device=device).manual_seed(args.seed)  # minibatch indices are drawn on the device
     V = None
     pi_online = GaussianPolicyEnsemble(1, obs_dim, act_dim, args.bc_hidden_dim, args.bc_depth, args.pi_activation)
     pi_online = pi_online.to(device)
@@ -1111,7 +1205,7 @@ def main(args: Args):
     # ================================ offline ================================
     if args.phases != "online":
         t = time.time()
-        V, Q = fit_values(D, args, device, log, rng)
+        V, Q = fit_values(D, args, device, log, gen)
         stage_times["values"] = time.time() - t
         print(f"[offline/values] {args.value_steps} steps in {stage_times['values']:.0f}s", flush=True)
 
@@ -1119,7 +1213,7 @@ def main(args: Args):
         pi = GaussianPolicyEnsemble(
             args.num_policies, obs_dim, act_dim, args.bc_hidden_dim, args.bc_depth, args.pi_activation
         ).to(device)
-        train_bc(pi, D, args, log, rng)
+        train_bc(pi, D, args, log, gen)
         bc_member_nll = bc_nll(pi, D).tolist()
         stage_times["bc"] = time.time() - t
         print(f"[offline/bc] {args.bc_steps} steps in {stage_times['bc']:.0f}s; member NLL "
@@ -1139,10 +1233,10 @@ def main(args: Args):
         dyn = DynamicsEnsemble(obs_dim, act_dim, args.dyn_members, args.dyn_elites, args.dyn_hidden_dim,
                                args.dyn_depth).to(device)  # fmt: skip
         raw_s, raw_s2 = T(data["observations"]), T(data["next_observations"])
-        extra["dynamics"] = train_dynamics(dyn, raw_s, D["a"], D["r"], raw_s2, args, log, rng)
+        extra["dynamics"] = train_dynamics(dyn, raw_s, D["a"], D["r"], raw_s2, args, log, gen)
         if term_choice == "learned":
             term_fn = LearnedTermination(obs_dim).to(device)
-            loss = term_fn.fit(raw_s2, D["term"], args.term_steps, args.batch_size, rng)
+            loss = term_fn.fit(raw_s2, D["term"], args.term_steps, args.batch_size, gen)
             term_reason += f" (final BCE {loss:.4f})"
         else:
             term_fn = TERMINATION_RULES.get(term_choice, _term_never)
@@ -1172,19 +1266,16 @@ def main(args: Args):
         extra.update(bc_score=bc_scores[sel], bc_member_scores=bc_scores, bc_member=sel)
         opt = torch.optim.Adam(pi.parameters(), lr=args.pi_lr)
         accepts = np.zeros(pi.n, dtype=int)
+        accept_steps: list[list[int]] = [[] for _ in range(pi.n)]  # the improvement steps of each accepted round
         for step in range(1, args.offline_steps + 1):
             frac = 1 - (step - 1) / args.offline_steps
             opt.param_groups[0]["lr"] = args.pi_lr * frac
             clip = clip_schedule(step, args)
-            i = torch.as_tensor(rng.integers(0, D["s"].shape[0], args.batch_size), device=device)
-            loss, ratio = offline_ppo_loss(pi, pi_ref, Q, V, D["s"][i], clip, args.iql, args.omega)
-            opt.zero_grad()
-            loss.backward()
-            clip_grad_norm_per_member(pi.parameters(), args.max_grad_norm)
-            opt.step()
+            i = torch.randint(D["s"].shape[0], (args.batch_size,), generator=gen, device=device)
+            loss, ratio_dev = offline_ppo_step(pi, pi_ref, Q, V, opt, D["s"][i], clip, args)
             if step % 100 == 0:
                 log.scalar("offline", "losses/policy_loss", loss.item() / pi.n, step)
-                log.scalar("offline", "losses/ratio_dev", (ratio - 1).abs().mean().item(), step)
+                log.scalar("offline", "losses/ratio_dev", ratio_dev.item(), step)
                 log.scalar("offline", "charts/clip_ratio", clip, step)
                 log.scalar("offline", "charts/SPS", step / (time.time() - t), step)
             if step % args.ope_freq == 0 or step == args.offline_steps:
@@ -1192,13 +1283,17 @@ def main(args: Args):
                 acc = accept_rule(scores, best)
                 pi_ref.copy_members_from(pi, acc)
                 best = torch.where(acc, scores, best)
-                accepts += acc.cpu().numpy()
+                # an OPE round is a logging step: its statistics come to the host once per round
+                acc_list, scores_l, best_l = acc.tolist(), scores.tolist(), best.tolist()
+                accepts += np.array(acc_list, dtype=int)
                 for m in range(pi.n):
-                    log.scalar("offline", f"ope/amq_member{m}", float(scores[m]), step)
-                    log.scalar("offline", f"ope/best_amq_member{m}", float(best[m]), step)
-                    log.scalar("offline", f"ope/accept_member{m}", float(acc[m]), step)
-                print(f"[offline/ope] step {step}: AM-Q {[round(x, 2) for x in scores.tolist()]} "
-                      f"accept {acc.int().tolist()}", flush=True)  # fmt: skip
+                    if acc_list[m]:
+                        accept_steps[m].append(step)
+                    log.scalar("offline", f"ope/amq_member{m}", scores_l[m], step)
+                    log.scalar("offline", f"ope/best_amq_member{m}", best_l[m], step)
+                    log.scalar("offline", f"ope/accept_member{m}", float(acc_list[m]), step)
+                print(f"[offline/ope] step {step}: AM-Q {[round(x, 2) for x in scores_l]} "
+                      f"accept {[int(x) for x in acc_list]}", flush=True)  # fmt: skip
             if step % args.eval_freq == 0 and step != args.offline_steps:
                 sel = int(best.argmax())
                 ret, sc = eval_member(eval_env, pi_ref, sel, norm, a_center, a_half, device,
@@ -1229,18 +1324,34 @@ def main(args: Args):
         else:  # nothing changed since the evaluation after BC
             final_rets, final_scores = bc_rets, bc_scores
         stage_times["offline_eval"] = time.time() - t
+        final_amq = best.tolist()  # AM-Q of each member's accepted reference policy, i.e. of the final policies
+        for m in range(pi.n):
+            log.scalar("offline", f"ope/final_amq_member{m}", final_amq[m], args.offline_steps)
+            log.scalar("offline", f"ope/final_score_member{m}", final_scores[m], args.offline_steps)
         extra.update(
             improved_score=final_scores[sel],
             improved_member_scores=final_scores,
             selected_member=sel,
             bc_amq=bc_amq.tolist(),
-            final_amq=best.tolist(),
+            final_amq=final_amq,
             accepts=accepts.tolist(),
             offline_gradient_steps=args.offline_steps,
             value_gradient_steps=args.value_steps,
             bc_gradient_steps=args.bc_steps,
         )
-        diagnostics.update(bc_member_scores=[float(x) for x in bc_scores], bc_member_nll=bc_member_nll)
+        diagnostics.update(
+            bc_member_scores=[float(x) for x in bc_scores],
+            bc_member_nll=bc_member_nll,
+            accepted_rounds=int(accepts.sum()),
+            accepted_rounds_per_member=accepts.tolist(),
+            accepted_round_steps=accept_steps,
+            ope_rounds=args.offline_steps // args.ope_freq + int(args.offline_steps % args.ope_freq > 0),
+            final_amq_member=final_amq,
+            final_score_member=[float(x) for x in final_scores],
+            selected_member=sel,
+            selected_final_amq=final_amq[sel],
+            selected_final_score=float(final_scores[sel]),
+        )
         print(f"[offline] BC score {bc_scores} -> improved {final_scores}; selected member {sel}, "
               f"accepts {accepts.tolist()}", flush=True)  # fmt: skip
         pi_online = pi_ref.extract(sel).requires_grad_(True)
@@ -1268,7 +1379,7 @@ def main(args: Args):
             mc = T(refit_targets(data["rewards"], data["episode_ends"], args, scale_fn))
             vopt = torch.optim.Adam(critic.parameters(), lr=args.value_lr)
             for _ in range(args.value_refit_steps):
-                i = torch.as_tensor(rng.integers(0, mc.shape[0], args.batch_size), device=device)
+                i = torch.randint(mc.shape[0], (args.batch_size,), generator=gen, device=device)
                 loss = ((critic(D["s"][i]) - mc[i]) ** 2).mean()
                 vopt.zero_grad()
                 loss.backward()
@@ -1278,12 +1389,18 @@ def main(args: Args):
         actor = pi_online
         a_opt = torch.optim.Adam(actor.parameters(), lr=args.lr_actor, eps=1e-5)
         c_opt = torch.optim.Adam(critic.parameters(), lr=args.lr_critic, eps=1e-5)
+
+        def online_eval(step: int):
+            ret = evaluate(eval_env, policy_actor(actor, 0, norm, a_center, a_half, device),
+                           args.eval_episodes, args.seed + 10_000)  # fmt: skip
+            log.eval("online", step, ret, normalized_score(dataset, float(ret.mean())))
+
+        online_eval(0)  # the online curve starts at the policy fine-tuning starts from
         env = dataset.recover_environment()
         if not isinstance(env.observation_space, gym.spaces.Box):
             env = gym.wrappers.FlattenObservation(env)
         obs, _ = env.reset(seed=args.seed)
         ep_ret, ep_len, episode_start, global_step = 0.0, 0, True, 0
-        next_eval = args.eval_freq
         while global_step < online_steps:
             L = min(args.num_steps, online_steps - global_step)
             frac = 1 - global_step / online_steps
@@ -1295,7 +1412,7 @@ def main(args: Args):
                     mu, ls = actor(s)
                     a = (mu + ls.exp() * torch.randn_like(mu))[0, 0]
                     logp = gaussian_log_prob(a, mu[0, 0], ls[0, 0])
-                env_a = a_center + a_half * a.clamp(-1, 1).cpu().numpy()
+                env_a = a_center + a_half * a.clamp(-1, 1).cpu().numpy()  # the one device->host copy per env step
                 obs2, r, term, trunc, _ = env.step(env_a)
                 global_step += 1
                 ep_ret, ep_len = ep_ret + float(r), ep_len + 1
@@ -1318,41 +1435,21 @@ def main(args: Args):
                       np.array(buf["done"]), args.gamma, args.gae_lambda)  # fmt: skip
             ret_t, adv_t, v_old = T(adv + values), T(adv), T(values)
             adv_t = (adv_t - adv_t.mean()) / (adv_t.std() + 1e-5) if L > 1 else adv_t
+            rollout = dict(s=S, a=A_, logp=LOGP, adv=adv_t, ret=ret_t, v_old=v_old)
+            stats, n_mb = torch.zeros(4, device=device), 0
             for _ in range(args.update_epochs):
-                perm = torch.as_tensor(rng.permutation(L), device=device)
+                perm = torch.randperm(L, generator=gen, device=device)
                 for b in range(0, L, args.minibatch_size):
                     mb = perm[b : b + args.minibatch_size]
-                    mu, ls = actor(S[mb])
-                    logp = gaussian_log_prob(A_[mb], mu[0], ls[0])
-                    ratio = (logp - LOGP[mb]).exp()
-                    entropy = (ls[0] + 0.5 * math.log(2 * math.pi * math.e)).sum(-1).mean()
-                    pg = -torch.min(ratio * adv_t[mb], ratio.clamp(1 - args.online_clip, 1 + args.online_clip)
-                                    * adv_t[mb]).mean()  # fmt: skip
-                    a_loss = pg - args.ent_coef * entropy
-                    a_opt.zero_grad()
-                    a_loss.backward()
-                    nn.utils.clip_grad_norm_(actor.parameters(), args.max_grad_norm)
-                    a_opt.step()
-                    v = critic(S[mb])
-                    v_clip = v_old[mb] + (v - v_old[mb]).clamp(-args.online_clip, args.online_clip)
-                    v_loss = torch.max((v - ret_t[mb]) ** 2, (v_clip - ret_t[mb]) ** 2).mean()
-                    c_opt.zero_grad()
-                    v_loss.backward()
-                    nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
-                    c_opt.step()
-                    online_grad_steps += 1
-            log.scalar("online", "losses/policy_loss", pg.item(), global_step)
-            log.scalar("online", "losses/value_loss", v_loss.item(), global_step)
-            log.scalar("online", "losses/entropy", entropy.item(), global_step)
-            log.scalar("online", "losses/clipfrac", float(((ratio - 1).abs() > args.online_clip).float().mean()),
-                       global_step)  # fmt: skip
+                    stats += online_ppo_step(actor, critic, a_opt, c_opt, {k: v[mb] for k, v in rollout.items()}, args)
+                    n_mb += 1
+            online_grad_steps += n_mb
+            # means over every minibatch of the update (all epochs), reduced to floats once per rollout
+            for tag, v in zip(("policy_loss", "value_loss", "entropy", "clipfrac"), (stats / n_mb).tolist()):
+                log.scalar("online", f"losses/{tag}", v, global_step)
             log.scalar("online", "charts/SPS", global_step / (time.time() - t), global_step)
-            if global_step >= next_eval or global_step == online_steps:  # after the update, at rollout ends
-                ret = evaluate(eval_env, policy_actor(actor, 0, norm, a_center, a_half, device),
-                               args.eval_episodes, args.seed + 10_000)  # fmt: skip
-                log.eval("online", global_step, ret, normalized_score(dataset, float(ret.mean())))
-                while next_eval <= global_step:
-                    next_eval += args.eval_freq
+            if online_eval_due(args, global_step - L, global_step) or global_step == online_steps:
+                online_eval(global_step)  # after the update, at the end of the rollout
         stage_times["online"] = time.time() - t
     summary = log.summary(
         online_env_steps=online_steps,
