@@ -48,9 +48,9 @@ and β's spread across states 0.14 by default, 0.75 and 0.69 with `--alpha-lr 3e
 
 Deviations from the paper / official code (and choices where neither says):
 - Step budgets default to CPU size (20k offline gradient steps, 20k online env steps); the paper's 1M + 1M are
-  `--offline-steps 1000000 --online-steps 1000000`. All other defaults are FamO2O+IQL's locomotion ones
-  (jax_iql/family_learner.py defaults: expectile 0.8, β ∈ [1, 5], lr 3e-4 everywhere, batch 256, γ 0.99, τ 0.005,
-  weight clip 100, 2M buffer).
+  `--offline-steps 1000000 --online-steps 1000000` (set by every paper configuration). All other defaults are
+  FamO2O+IQL's locomotion ones (jax_iql/family_learner.py defaults: expectile 0.8, β ∈ [1, 5], lr 3e-4 everywhere,
+  batch 256, γ 0.99, τ 0.005, weight clip 100, 2M buffer), except the weight mode (per_sample, see below).
 - Advantage weight: the default `--weight-mode per_sample` is the paper's intent, w_j = min(exp(β_j·A_j), 100).
   The released IQL code broadcasts a [B] advantage against a [B, 1] β, which trains with the batch-averaged
   w_j = (1/B)·Σ_i min(exp(β_i·A_j), 100); that is `--weight-mode batch_mean` (what reproduced the paper's AntMaze

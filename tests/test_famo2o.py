@@ -1,5 +1,6 @@
 """Tests of algorithms/famo2o.py: the pieces FamO2O adds (β encoding, balance model and its loss, advantage weights,
-expectile sign), learning on the small pendulum datasets run as a user would, and bad input."""
+expectile sign), learning on the small pendulum datasets run as a user would (with negative controls), the paper
+configurations, checkpoints (--save-model, --load-offline), and bad input."""
 
 import math
 
@@ -327,6 +328,9 @@ OFFLINE_THRESHOLD = 40.0
 # The -33 is one of the five evaluation episodes failing to swing up right after the switch (a known early online
 # dip), hence the wide margin.
 ONLINE_TOLERANCE = 45.0
+# Where there is a measured gain (AWAC, seed 1: 91.6 offline -> 99.2 after 500 env steps, +7.6), the test asserts one.
+# With online learning off the policy is the one evaluated at online step 0, so the gain is exactly 0.
+AWAC_ONLINE_GAIN = 2.0
 
 
 @pytest.mark.parametrize("base", ["iql", "awac"])
@@ -356,10 +360,31 @@ def test_learns_offline_and_online_does_not_collapse(base, minari_root, tmp_path
     assert s["online"]["final_score"] == s["evaluations"][-1]["normalized_score"]
     assert s["offline"]["final_score"] > OFFLINE_THRESHOLD
     assert s["online"]["final_score"] > s["offline"]["final_score"] - ONLINE_TOLERANCE
+    # online step 0 evaluates the policy offline training left; the online updates then change it
+    offline_end = [e for e in s["evaluations"] if e["phase"] == "offline"][-1]
+    online_start, online_end = [e for e in s["evaluations"] if e["phase"] == "online"]
+    assert online_start["mean_return"] == offline_end["mean_return"]
+    assert online_end["mean_return"] != online_start["mean_return"], "online updates left the policy unchanged"
+    if base == "awac":
+        assert online_end["normalized_score"] - online_start["normalized_score"] > AWAC_ONLINE_GAIN
     # the balance model's β distribution is recorded and stays inside the range
     for key in ("offline_final_eval", "online_final_eval", "online_acting_last_window"):
         b = s["beta"][key]
         assert 1.0 <= b["min"] <= b["mean"] <= b["max"] <= 5.0 and sum(b["histogram"]) > 0
+
+
+NO_LEARNING = ["--actor-lr", "0", "--critic-lr", "0", "--value-lr", "0", "--balance-lr", "0", "--alpha-lr", "0"]
+
+
+def test_negative_control_learning_off_fails_both_checks(minari_root, tmp_path):
+    """The learning test's run (AWAC, whose online gain it asserts) with every learning rate 0: the same budget and
+    code path, nothing learned, so it must fail the offline threshold and show no online gain."""
+    flags = ("--base", "awac", "--dataset-id", DATASET, "--seed", "1", *BUDGET, *NO_LEARNING)
+    s = run_algo(SCRIPT, *flags, minari_root=minari_root, run_dir=tmp_path / "run")
+    assert s["offline_gradient_steps"] == 3000 and s["online_gradient_steps"] == 500
+    assert s["offline"]["final_score"] < OFFLINE_THRESHOLD
+    online_start, online_end = [e for e in s["evaluations"] if e["phase"] == "online"]
+    assert online_end["normalized_score"] - online_start["normalized_score"] <= AWAC_ONLINE_GAIN
 
 
 def test_negative_control_untrained_policy_fails_threshold(minari_root, tmp_path):
