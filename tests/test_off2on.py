@@ -528,6 +528,13 @@ LEARN = ["--dataset-id", "o2o/pendulum/medium-v0", "--ensemble-size", "2", "--ba
 # 1/√256 first layer on pendulum's 3-dim input learns slower in the first 3000 steps).
 OFFLINE_THRESHOLD = 35.0
 ONLINE_TOLERANCE = 20.0
+# Behaviour cloning on the same medium data (2x256 tanh MLP, MSE, Adam 3e-4, batch 64, 5 evaluation episodes, seeds
+# 1-3) scores 11.8-40.6 after 1000 steps, 24.7-64.7 after 3000 and 49.1-52.9 after 6000 (the data: 52.0), so the
+# offline threshold alone does not tell the method from BC; the final online score must clear what BC reaches.
+# Offline CQL at this budget does not beat BC, here or on medium-replay (seeds 1 / 2: offline 40.2 / 9.6, online final
+# 39.2 / 32.0, against BC 6.7-30.8 after 3000 steps and 17.1-28.8 after 6000 there), so the offline check stays
+# below BC. Online final scores of seeds 1-4 (above): 99.8 / 89.4 / 97.4 / 47.4; seed 4 would fail the threshold.
+ONLINE_THRESHOLD = 80.0
 # final online minus step-0 online, from the seeds above: 45.3 / 23.8 / 94.1 / 18.1 (seed 1 is tested); with every
 # learning rate 0 the policy and its seeded evaluations do not change, so the gain is exactly 0
 ONLINE_GAIN = 20.0
@@ -576,6 +583,7 @@ def test_offline_ensemble_learns_and_balanced_finetuning_holds(minari_root, tmp_
     assert s["offline"]["final_score"] == offline[-1]["normalized_score"]
     assert s["offline"]["final_score"] >= OFFLINE_THRESHOLD
     assert s["online"]["final_score"] >= s["offline"]["final_score"] - ONLINE_TOLERANCE
+    assert s["online"]["final_score"] >= ONLINE_THRESHOLD  # above behaviour cloning's best on this data
     assert online_gain(s) >= ONLINE_GAIN  # fine-tuning improves on the policy it starts from
     assert s["online_env_steps"] == 3000 and s["online_gradient_steps"] == 3000
     # balanced replay ran: w_ψ rates online samples above offline ones, and online data reached the RL batches
