@@ -323,6 +323,53 @@ def _flatten_obs(space: gym.Space, obs) -> np.ndarray:
     raise DatasetError(f"observation space {space} is not supported: only Box, or Dict/Tuple of Boxes")
 
 
+def check_episode(dataset: minari.MinariDataset, ep, obs: np.ndarray) -> None:
+    """Refuse an episode whose fields disagree, naming the dataset, the episode and the field: N+1 observations and
+    N actions, rewards, terminations and truncations, of the spaces' widths, ended by (only) its last step."""
+    where = f"dataset '{dataset.spec.dataset_id}', episode {ep.id}"
+    steps = {
+        "observations": len(obs) - 1,
+        "actions": len(ep.actions),
+        "rewards": len(ep.rewards),
+        "terminations": len(ep.terminations),
+        "truncations": len(ep.truncations),
+    }
+    counts = list(steps.values())
+    n = max(counts, key=counts.count)  # the step count most fields agree on
+    for field, k in steps.items():
+        if k != n:
+            have, need = (k + 1, n + 1) if field == "observations" else (k, n)
+            raise DatasetError(
+                f"{where}: '{field}' has {have} rows where the other fields need {need} (an episode of N steps has "
+                "N+1 observations and N actions, rewards, terminations, truncations); rebuild the dataset"
+            )
+    if n == 0:
+        raise DatasetError(f"{where}: the episode has no steps; rebuild the dataset")
+    widths = {
+        "observations": (obs.shape[1:], (gym.spaces.flatdim(dataset.observation_space),)),
+        "actions": (np.shape(ep.actions)[1:], dataset.action_space.shape),
+    }
+    for field, (have, need) in widths.items():
+        if tuple(have) != tuple(need):
+            raise DatasetError(
+                f"{where}: '{field}' rows have shape {tuple(have)}, the dataset's space needs {tuple(need)}; "
+                "rebuild the dataset"
+            )
+    term, trunc = np.asarray(ep.terminations, dtype=bool), np.asarray(ep.truncations, dtype=bool)
+    if not (term[-1] or trunc[-1]):
+        raise DatasetError(
+            f"{where}: its last step is set in neither 'terminations' nor 'truncations', so the episode is cut off "
+            "(a Minari episode ends with one of them); rebuild the dataset"
+        )
+    for field, flags in (("terminations", term), ("truncations", trunc)):
+        early = np.flatnonzero(flags[:-1])
+        if early.size:
+            raise DatasetError(
+                f"{where}: '{field}' ends the episode at step {early[0]} of {n}, before its last step; rebuild the "
+                "dataset"
+            )
+
+
 def dataset_to_transitions(dataset: minari.MinariDataset) -> dict[str, np.ndarray]:
     """(s, a, r, s', terminal) arrays from the episodes: s = obs[:-1], s' = obs[1:]; only terminations
     cut the bootstrap (truncations do not). `episode_ends` marks each episode's last transition."""
@@ -333,6 +380,7 @@ def dataset_to_transitions(dataset: minari.MinariDataset) -> dict[str, np.ndarra
     }
     for ep in dataset.iterate_episodes():
         obs = _flatten_obs(dataset.observation_space, ep.observations)
+        check_episode(dataset, ep, obs)
         n = len(ep.rewards)
         parts["observations"].append(obs[:-1])
         parts["next_observations"].append(obs[1:])
