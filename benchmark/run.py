@@ -52,6 +52,7 @@ class Cell:
     seed: int
     flags: tuple[str, ...] = ()
     load_from: Optional["Cell"] = None  # an offline-only cell whose saved offline phase this cell starts from
+    config: Optional[str] = None  # a named config of the algorithm file (`paper-<env>-<quality>`), before the flags
 
     def run_dir(self, out: Path) -> Path:
         return out / "runs" / self.label / self.dataset.replace("/", "_") / f"seed{self.seed}"
@@ -61,6 +62,7 @@ class Cell:
         return [
             sys.executable,
             str(ROOT / "algorithms" / f"{self.algo}.py"),
+            *([self.config] if self.config else []),
             "--dataset-id",
             self.dataset,
             "--seed",
@@ -233,13 +235,27 @@ def build_grid(args: Args) -> list[Cell]:
     if args.preset == "minari-remote":
         budget = {a: flags + " --download" for a, flags in budget.items()}
     datasets = args.datasets or datasets
-    return [
-        Cell(a, label, d, s, tuple(shlex.split(f"{budget[a]} {vflags} {args.extra_flags}")))
-        for a in algos
-        for label, vflags in variants[a].items()
-        for d in datasets
-        for s in seeds
-    ]
+    cells = []
+    for a in algos:
+        for label, vflags in variants[a].items():
+            for d in datasets:
+                # --full: each file's paper config for the dataset sets hyperparameters and budgets (the command's
+                # --dataset-id still names the dataset); datasets without one fall back to MUJOCO_FULL_BUDGET
+                config = paper_config(d) if args.full else None
+                flags = (" --download" if args.preset == "minari-remote" else "") if config else budget[a]
+                cells += [Cell(a, label, d, s, tuple(shlex.split(f"{flags} {vflags} {args.extra_flags}")), None, config)
+                          for s in seeds]  # fmt: skip
+    return cells
+
+
+def paper_config(dataset: str) -> Optional[str]:
+    """The algorithm files' named config for a D4RL locomotion dataset: o2o/<env>/<quality>-v0 (or Minari's remote
+    mujoco/<env>/medium-v0) -> paper-<env>-<quality>; None where the papers report no such dataset."""
+    parts = dataset.split("/")
+    if len(parts) != 3 or parts[0] not in ("o2o", "mujoco") or parts[1] not in make_datasets.MUJOCO:
+        return None
+    quality = parts[2].removesuffix("-v0")
+    return f"paper-{parts[1]}-{quality}" if quality in ("medium", "medium-replay", "medium-expert") else None
 
 
 def _cpu_grid(args: Args) -> list[Cell]:

@@ -252,3 +252,21 @@ def test_missing_local_datasets_are_built_and_a_failed_build_is_reported(monkeyp
     monkeypatch.setattr(run.make_datasets, "main", lambda a: 1)
     with pytest.raises(SystemExit, match="could not build o2o/hopper/medium-replay-v0"):
         run.ensure_local_datasets(["o2o/hopper/medium-replay-v0"])
+
+
+def test_full_mujoco_grid_uses_each_files_paper_config(minari_root, tmp_path):
+    import importlib
+
+    proc = run_cli("benchmark/run.py", "--preset", "mujoco-local", "--full", "--seeds", "1", "--out", str(tmp_path),
+                   "--dry-run", minari_root=minari_root)  # fmt: skip
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 0 and len(lines) == 27
+    for line in lines:
+        script, config, *rest = line.split()[1:]
+        env, quality = rest[rest.index("--dataset-id") + 1].split("/")[1:]
+        assert config == f"paper-{env}-{quality.removesuffix('-v0')}" and "--offline-steps" not in rest
+        # the config exists in that file, and names the same dataset
+        module = importlib.import_module(Path(script).stem)
+        assert module.PAPER_CONFIGS[config]["dataset_id"] == f"o2o/{env}/{quality}"
+    cpu = run.build_grid(run.Args(preset="mujoco-local", seeds=1))  # without --full: the CPU budgets, no config
+    assert all(c.config is None and "--offline-steps" in c.flags for c in cpu)
