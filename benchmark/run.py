@@ -212,6 +212,9 @@ class Args:
     """results directory (default benchmark/results/<preset>)"""
     dry_run: bool = False
     """print the commands and exit"""
+    report_only: bool = False
+    """run nothing: rebuild the tables and plots from the cells that have finished (e.g. while another call of
+    the runner is still working through the grid)"""
 
 
 def build_grid(args: Args) -> list[Cell]:
@@ -710,13 +713,17 @@ def main(args: Args) -> int:
         f"({args.launcher}, {args.workers} workers × {args.threads} threads) -> {out}",
         flush=True,
     )
+    if args.report_only:
+        todo = []
     if args.preset != "minari-remote":
         ensure_local_datasets([c.dataset for c in todo])
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     failures = launch(todo, args, out) if todo else []
     rows = load_results(cells, out)
-    print(write_tables(rows, out, f"{args.preset} ({len(cells)} cells, {time.time() - t0:.0f}s this call)"))
+    finished = sum((c.run_dir(out) / "summary.json").exists() for c in cells)
+    print(f"{time.time() - t0:.0f} s this call")
+    print(write_tables(rows, out, f"{args.preset} ({finished} of {len(cells)} cells finished)"))
     write_diagnostics(cells, out)
     for p in plot_curves(cells, out):
         print(f"plot: {p}")

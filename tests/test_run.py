@@ -254,6 +254,11 @@ def test_missing_local_datasets_are_built_and_a_failed_build_is_reported(monkeyp
         run.ensure_local_datasets(["o2o/hopper/medium-replay-v0"])
 
 
+def test_report_only_runs_nothing(minari_root, tmp_path):
+    proc = run_cli("benchmark/run.py", *TINY_GRID, "--out", str(tmp_path), "--report-only", minari_root=minari_root)
+    assert proc.returncode == 0 and "0 of 4 cells finished" in proc.stdout and not (tmp_path / "runs").exists()
+
+
 def test_full_mujoco_grid_uses_each_files_paper_config(minari_root, tmp_path):
     import importlib
 
