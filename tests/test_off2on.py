@@ -520,8 +520,9 @@ LEARN = ["--dataset-id", "o2o/pendulum/medium-v0", "--ensemble-size", "2", "--ba
          "--cql-n-actions", "2", "--eval-freq", "1000", "--eval-episodes", "5"]  # fmt: skip
 # Calibrated with exactly these flags on seeds 1-4 (OMP_NUM_THREADS=1, shared 2-core CPU), after the rlkit init,
 # the CQL log σ floor -5 and official CQL's BC log-likelihood (before them: offline 64.0 / 79.4 / 61.0 / 76.6, online
-# 99.9 / 97.4 / 92.6 / 86.7): offline final score 54.5 / 65.6 / 3.3 / 29.3; negative control (1 step) -1.6 / -7.4 /
-# -14.6 (s 1-3); online evaluations at 0 / 1000 / 2000 / 3000 env steps 54.5, 1.0, 99.8, 99.8 / 65.6, 3.5, 58.1, 89.4 /
+# 99.9 / 97.4 / 92.6 / 86.7): offline final score 54.5 / 65.6 / 3.3 / 29.3; no-learning control (every learning
+# rate 0, seed 1) -1.6 at every offline and online evaluation (an earlier 1-step control: -1.6 / -7.4 / -14.6 on
+# seeds 1-3); online evaluations at 0 / 1000 / 2000 / 3000 env steps 54.5, 1.0, 99.8, 99.8 / 65.6, 3.5, 58.1, 89.4 /
 # 3.3, 26.1, 80.4, 97.4 / 29.3, 3.5, 20.8, 47.4. The online curve dips after the first epoch (α restarts at 1). The
 # test runs seed 1; seeds 3 and 4 now end their 3000 offline steps below OFFLINE_THRESHOLD. The init is the cause:
 # with the other fixes but the old 1/√in_features hidden bound, seeds 3 and 4 reach 58.9 / 58.9 offline (rlkit's
