@@ -168,12 +168,14 @@ CPU_ARMS = {
 # arms whose offline phase is identical: one offline-only cell per dataset × seed trains and saves it, they load it
 SHARED_OFFLINE = {"off2on": ("balanced", "uniform", "online-only")}
 # (claim, baseline) pairs the results compare: the paper says the first beats the second
-CLAIMS = [
+CLAIMS = [  # mujoco-cpu's arms, then the ablations preset's names for the FamO2O and Uni-O4 pairs
     ("off2on[balanced]", "off2on[uniform]"),
     ("off2on[balanced]", "off2on[online-only]"),
     ("off2on[balanced]", "off2on[single-cql]"),
     ("famo2o[adaptive]", "famo2o[fixed]"),
     ("uni_o4[ope-gated]", "uni_o4[bc-only]"),
+    ("famo2o[iql-adaptive]", "famo2o[iql-fixed]"),
+    ("famo2o[awac-adaptive]", "famo2o[awac-fixed]"),
 ]
 MUJOCO_DATASETS = [
     f"o2o/{e}/{q}-v0"
@@ -480,7 +482,8 @@ def _iqm_str(values) -> str:
 
 def claim_verdicts(rows: list[dict]) -> list[dict]:
     """For each CLAIMS pair present on a dataset: the IQM and CI of both arms per metric, and whether the intervals
-    separate (claim above baseline: 'holds'; below: 'reversed'; overlapping: 'inconclusive')."""
+    separate (claim above baseline: 'holds'; below: 'reversed'; overlapping: 'inconclusive'). A metric both arms share
+    seed for seed (the same offline phase) is left out."""
     verdicts = []
     for dataset in sorted({r["dataset"] for r in rows}):
         by_label = {}
@@ -493,7 +496,7 @@ def claim_verdicts(rows: list[dict]) -> list[dict]:
             for metric in CLAIM_METRICS:
                 a = [r[metric] for r in by_label[claim] if r[metric] is not None]
                 b = [r[metric] for r in by_label[base] if r[metric] is not None]
-                if not a or not b:
+                if not a or not b or a == b:  # missing, or one shared phase (Off2On's arms load one offline cell)
                     continue
                 (ma, la, ha), (mb, lb, hb) = iqm_ci(a), iqm_ci(b)
                 verdict = "holds" if la > hb else "reversed" if ha < lb else "inconclusive"
