@@ -143,7 +143,8 @@ def test_cpu_grid_shares_one_offline_phase_per_dataset_and_seed():
     single = next(c for c in hopper if c.label == "off2on[single-cql]")
     assert "--ensemble-size 1 --replay uniform" in " ".join(single.flags)
     assert {(claim, base) for claim, base in run.CLAIMS} >= {("famo2o[adaptive]", "famo2o[fixed]")}
-    assert {c.label for c in cells} >= {x for pair in run.CLAIMS for x in pair}
+    ablations = run.build_grid(run.Args(preset="ablations", seeds=1))
+    assert {c.label for c in cells + ablations} >= {x for pair in run.CLAIMS for x in pair}
     # --extra-flags cannot undo a cell's role: the offline cell stays offline-only
     extra = run.build_grid(run.Args(preset="mujoco-cpu", algorithms=["off2on"], extra_flags="--online-steps 7"))
     assert next(c for c in extra if c.label == "off2on[offline]").flags[-2:] == ("0", "--save-model")
