@@ -14,6 +14,24 @@ Pipeline (one file, phases combinable with --phases):
      initialised from the member chosen by OPE and from the offline V̂.
   --phases offline | online (plain PPO from scratch) | offline-online.
 
+    python algorithms/uni_o4.py --dataset-id o2o/pendulum/medium-replay-v0        # CPU budgets
+    python algorithms/uni_o4.py paper-hopper-medium-replay --seed 0              # a paper configuration
+
+Paper configurations: a first word `paper-<env>-<quality>` (hopper, halfcheetah, walker2d × medium, medium-replay,
+medium-expert: the paper's D4RL locomotion rows; it reports no random datasets) sets every setting and budget of the
+official scripts for that dataset (PAPER_CONFIGS, each value with its source; flags still override them; `--help`
+lists them): the offline scripts' state normalisation, IQL or non-IQL values, tanh policy layers, V/Q steps and
+dynamics epoch cap, the fine-tuning scripts' reward scaling, re-fitted V width, actor lr and epochs. Where the
+official code and the paper disagree they follow the code: `--bc-reg official` (the file's default stays the
+paper's Eq. 6 term) and `--select-with-env` (top 3 by AM-Q, then the best real return; the paper selects by OPE).
+Where a script sweeps a value they take the first; where the repository holds two versions of a fine-tuning script
+(hm, hmr, wm, wmr, wme) they take the one at commit 6e28311 (HEAD's walker2d sweeps are invalid bash); the offline
+hme.sh runs hopper-medium-replay, which they read as a slip for hopper-medium-expert. Not representable here: the
+official online evaluation of 3 episodes beside the offline 10 (one --eval-episodes; the configs use 10), its
+offline logging evaluations of every member every 500 steps, selection among the final rather than the accepted
+policies, and the deviations below. With `--download` a config's local dataset becomes Minari's
+`mujoco/<env>/medium-v0` where one exists (medium only); otherwise it exits 2.
+
 Deviations from the paper / official code (every one is deliberate):
 - Disagreement regulariser (ensemble BC, Eq. 6): the paper maximises for each member
   J(π_i) = E_(s,a)~D[log π_i(a|s) + α(log π_i(a|s) − log max_{1≤j≤n} π_j(a|s))], the second term being the
@@ -54,11 +72,13 @@ Deviations from the paper / official code (every one is deliberate):
 - One policy parameterisation in both phases: log σ = −5 + 2.5(t + 1) with t the tanh output (official online adds
   a second tanh that changes σ of the same weights). Online log-probs and ratios are taken on the raw Gaussian
   sample; the action is clamped to [−1, 1] only when sent to the env (official: log-prob of the clamped action).
-- Online value re-fit (reward scaling on): a fresh V of the offline V's size, linear output, regressed onto MC
-  returns of the scaled dataset rewards (official: 3×256 with a ReLU on the output, which cannot represent negative
-  returns). Without reward scaling V starts from the offline V̂. With `dynamic` scaling the dataset rewards are
-  divided by the running std after its warm-up on the whole dataset, the scale the online rewards start with.
-- Online learning rates decay linearly to 0 over --online-steps (the paper's horizon is 1M steps: pass that).
+- Online value re-fit (reward scaling on): a fresh V of the offline V's size (--value-refit-hidden-dim: another
+  width, the paper configs set the official 256), linear output, regressed onto MC returns of the scaled dataset
+  rewards (official: 3×256 with a ReLU on the output, which cannot represent negative returns). Without reward
+  scaling V starts from the offline V̂. With `dynamic` scaling the dataset rewards are divided by the running std
+  after its warm-up on the whole dataset, the scale the online rewards start with.
+- Online learning rates decay linearly to 0 over --online-steps (the paper's horizon is 1M steps: pass that; the
+  paper configs do).
 - Online evaluation: at env step 0 (the policy fine-tuning starts from), then after the update of the first PPO
   rollout that ends at or after each due step (multiples of --eval-freq, and of --early-eval-freq up to
   --early-eval-until) and at the last step. The online losses and clip fraction logged are means over every
@@ -75,7 +95,8 @@ Deviations from the paper / official code (every one is deliberate):
 - Minibatch indices are drawn on the device from a torch Generator seeded with --seed; update steps return
   detached tensors and the loops reduce them to floats only when they log, so a GPU is never synchronised in a
   hot loop (one device→host copy per online env step, for the action).
-- Step budgets default to CPU sizes; each Args docstring gives the paper's budget. Network sizes are the paper's.
+- Step budgets default to CPU sizes; each Args docstring gives the paper's budget (every paper configuration sets
+  them). Network sizes are the paper's.
 Known behaviour: AM-Q scores with the same Q̂ that drives the improvement, so the gate cannot catch Q̂'s errors.
 On the pendulum datasets, 2000 value steps at width 64 gave a Q̂ whose improvement lowered the real score by ~15
 points while AM-Q accepted it; 5000 steps at width 128 (γ 0.95) raised it by +13 to +27. Budget the value stage.
@@ -260,6 +281,202 @@ class Args:
     """factor of --reward-scale number"""
     value_refit_steps: int = 2_000
     """steps re-fitting V to scaled MC returns when rewards are scaled (paper: 1e6)"""
+    value_refit_hidden_dim: Optional[int] = None
+    """width of the V re-fitted when rewards are scaled (None: the offline V's, --v-hidden-dim; the official
+    fine-tuning scripts use 256)"""
+
+
+# ----------------------------------------------------------------------------------------------
+# Paper configurations: `python algorithms/uni_o4.py paper-hopper-medium-replay [--flag value ...]`.
+# Uni-O4 on the paper's D4RL locomotion datasets (Table 1 and the fine-tuning curves: hopper, halfcheetah,
+# walker2d × medium, medium-replay, medium-expert, -v2 in D4RL; no random datasets are reported; here our local
+# D4RL-style rebuilds, see benchmark/make_datasets.py). Paths are in github.com/Lei-Kun/Uni-O4: the offline stage
+# is main.py run by scripts/mujoco_loco/<task>.sh, the online stage ppo_finetune/main.py run by
+# ppo_finetune/scripts/mujoco_loco/<task>.sh (tasks hm, hmr, hme, halfm, halfmr, halfme, wm, wmr, wme). Where a
+# script sweeps a value, the config takes the first one listed (our choice: the script does not say which one the
+# paper reports); where the repository holds two versions of a script, the one that runs (see each comment).
+# ----------------------------------------------------------------------------------------------
+_UNI_O4_LOCOMOTION = dict(
+    # ---- budgets ----
+    offline_steps=10_000,  # main.py: bppo_steps = 1e4 improvement steps per member
+    online_steps=1_000_000,  # ppo_finetune/main.py: max_train_steps = 1e6 (the paper's 1M fine-tuning steps)
+    # ppo_finetune/main.py: evaluate_freq = 5e3 env steps, of 3 episodes; offline, main.py evaluates every member
+    # every 500 improvement steps (eval_freq, only logging) on 10 episodes (eval_episode). This file has one
+    # frequency and one count for both phases: our choice is the online frequency and the offline count, the
+    # paper's 10 evaluation episodes of Table 1 (online evaluations then cost about twice the training steps)
+    eval_freq=5_000,
+    eval_episodes=10,
+    batch_size=512,  # main.py: v_batch_size = q_batch_size = bc_batch_size = bppo_batch_size = 512
+    # ---- values (main.py, critic.py) ----
+    gamma=0.99,  # transition_model/configs/gym/default.py: gamma = 0.99
+    value_steps=2_000_000,  # main.py: v_steps = q_bc_steps = 2e6
+    value_lr=1e-4,  # main.py: v_lr = q_lr = 1e-4
+    v_hidden_dim=512,  # main.py: v_hidden_dim = 512
+    v_depth=3,  # main.py: v_depth = 3
+    q_hidden_dim=1024,  # main.py: q_hidden_dim = 1024
+    q_depth=2,  # main.py: q_depth = 2
+    omega=0.7,  # main.py: omega = 0.7 (IQL expectile, and the non-IQL advantage weight)
+    tau=0.005,  # transition_model/configs/gym/default.py: tau = 0.005
+    target_update_freq=2,  # main.py: target_update_freq = 2
+    # ---- ensemble BC (main.py, BC_ensemble.py) ----
+    num_policies=4,  # main.py: num_policies = 4
+    bc_steps=400_000,  # main.py: bc_steps = 4e5
+    bc_lr=1e-4,  # main.py: bc_lr = 1e-4
+    bc_hidden_dim=256,  # main.py: bc_hidden_dim = 256, the first width of every script that sweeps {256, 512}
+    bc_depth=3,  # main.py: bc_depth = 3
+    pi_activation="relu",  # main.py: pi_activation_f = relu (tanh on halfcheetah medium, medium-replay: below)
+    bc_alpha=0.1,  # main.py: alpha_bc = 0.1
+    # official code, not the paper: BC_ensemble.py's default (kl_bc = data, kl_type = heuristic) detaches the max
+    # over the other members, a no-op under Adam; the paper's Eq. 6 term is the file's default --bc-reg paper
+    bc_reg="official",
+    # ---- dynamics model for OPE (dynamics_eval.py's train_dynamics, arguments from
+    # transition_model/configs/gym/default.py, the MOBILE code base's defaults) ----
+    dyn_members=7,  # default.py: n_ensemble = 7
+    dyn_elites=5,  # default.py: n_elites = 5
+    dyn_hidden_dim=200,  # default.py: dynamics_hidden_dims = (200, 200, 200, 200)
+    dyn_depth=4,
+    dyn_lr=1e-3,  # default.py: dynamics_lr = 1e-3
+    dyn_batch_size=256,  # transition_model's EnsembleDynamics.train: batch_size = 256
+    dyn_patience=5,  # default.py: max_epochs_since_update = 5
+    dyn_max_epochs=None,  # default.py: dynamics_max_epochs = None, early stopping only (walker2d-medium: below)
+    termination="auto",  # termination_fns.py: the hopper, walker2d and halfcheetah rules, picked by env
+    # ---- offline improvement and OPE (main.py, abppo.py, dynamics_eval.py) ----
+    pi_lr=1e-4,  # main.py: bppo_lr = 1e-4, decayed linearly to 0 over bppo_steps (is_linear_decay = True)
+    clip_ratio=0.25,  # main.py: clip_ratio = 0.25
+    clip_decay_steps=200,  # main.py: is_clip_decay is switched off after step 200
+    clip_decay_horizon=10_000,  # main.py: clip_ratio_now = clip_ratio·(1 − step/bppo_steps)
+    ope_freq=100,  # main.py: eval_step = 100
+    ope_horizon=1_000,  # main.py: rollout_step = 1000 (hme.sh sweeps {1000, 500})
+    ope_num_states=512,  # main.py: rollout_batch_size = 512
+    # official code, not the paper: ppo_finetune/ppo.py's load_pi_value takes the top 3 by last AM-Q, then the best
+    # real return of main.py's last evaluation (the paper: chosen by OPE); these env steps are reported as
+    # selection_env_steps in summary.json
+    select_with_env=True,
+    select_top_k=3,
+    # ---- online PPO (ppo_finetune/main.py, ppo_finetune/ppo.py) ----
+    num_steps=2048,  # ppo_finetune/main.py: batch_size = 2048
+    minibatch_size=128,  # ppo_finetune/main.py: mini_batch_size = 128
+    lr_critic=2e-4,  # ppo_finetune/main.py: lr_c = 2e-4, every script: --lr_c 2e-4
+    gae_lambda=0.95,  # ppo_finetune/main.py: lamda = 0.95
+    online_clip=0.05,  # ppo_finetune/main.py: epsilon = 0.05 (policy and value clip)
+    ent_coef=0.01,  # ppo_finetune/main.py: entropy_coef = 0.01
+    max_grad_norm=0.5,  # ppo_finetune/ppo.py and abppo.py: gradient-norm clip 0.5 (online and offline)
+    reward_scale_factor=0.1,  # ppo_finetune/main.py: scale_strategy number -> r_scale = 0.1
+    value_refit_steps=1_000_000,  # ppo_finetune/main.py: the V re-fit runs 1e6 steps (lr 1e-4, batch 512)
+)
+# What the scripts set per dataset, over the values above. lr_actor / update_epochs are the fine-tuning scripts'
+# --lr_a / --K_epochs; reward_scale their --scale_strategy (none: no flag); value_refit_hidden_dim their
+# --v_hidden_width 256 for the V re-fitted on scaled rewards (without scaling the offline V is loaded).
+_UNI_O4_PER_DATASET = {
+    "hopper-medium": dict(
+        # scripts/mujoco_loco/hm.sh: --is_state_norm True --is_iql True
+        state_norm=True,
+        iql=True,
+        # ppo_finetune/scripts/mujoco_loco/hm.sh: --scale_strategy number --v_hidden_width 256; --lr_a 2e-5
+        # --K_epochs 10 in its version at commit 6e28311 (HEAD sweeps lr_a ∈ {1e-5, 2e-5}, K ∈ {5, 10})
+        reward_scale="number",
+        value_refit_hidden_dim=256,
+        lr_actor=2e-5,
+        update_epochs=10,
+    ),
+    "hopper-medium-replay": dict(
+        # scripts/mujoco_loco/hmr.sh: --is_state_norm True --is_iql True
+        state_norm=True,
+        iql=True,
+        # ppo_finetune/scripts/mujoco_loco/hmr.sh: --scale_strategy number --v_hidden_width 256; lr_a 2e-5 and
+        # K 10 are in both versions' sweeps (6e28311: lr_a ∈ {2e-5, 1.5e-5}, K 10; HEAD: {1e-5, 2e-5} × {5, 10})
+        reward_scale="number",
+        value_refit_hidden_dim=256,
+        lr_actor=2e-5,
+        update_epochs=10,
+    ),
+    "hopper-medium-expert": dict(
+        # scripts/mujoco_loco/hme.sh: --is_state_norm True and no --is_iql, so the non-IQL path (MC V, SARSA Q,
+        # ω-weighted advantages); the script passes --env hopper-medium-replay-v2, which we read as a slip (its
+        # name and its fine-tuning script are hopper-medium-expert); it sweeps width {256, 512}, rollout {1000, 500}
+        state_norm=True,
+        iql=False,
+        # ppo_finetune/scripts/mujoco_loco/hme.sh: --scale_strategy number --v_hidden_width 256 --K_epochs 5,
+        # lr_a ∈ {6e-6, 1e-6}: the first
+        reward_scale="number",
+        value_refit_hidden_dim=256,
+        lr_actor=6e-6,
+        update_epochs=5,
+    ),
+    "halfcheetah-medium": dict(
+        # scripts/mujoco_loco/halfm.sh: --is_state_norm True --is_iql True --pi_activation_f tanh
+        state_norm=True,
+        iql=True,
+        pi_activation="tanh",
+        # ppo_finetune/scripts/mujoco_loco/halfm.sh: --lr_a 3e-5 --K_epochs 30 --scale_strategy dynamic
+        # --v_hidden_width 256
+        reward_scale="dynamic",
+        value_refit_hidden_dim=256,
+        lr_actor=3e-5,
+        update_epochs=30,
+    ),
+    "halfcheetah-medium-replay": dict(
+        # scripts/mujoco_loco/halfmr.sh: --is_iql True --pi_activation_f tanh, no --is_state_norm (off)
+        state_norm=False,
+        iql=True,
+        pi_activation="tanh",
+        # ppo_finetune/scripts/mujoco_loco/halfmr.sh: --lr_a 3e-5 --K_epochs 20 --v_hidden_width 256,
+        # scale_strategy ∈ {number, dynamic}: the first
+        reward_scale="number",
+        value_refit_hidden_dim=256,
+        lr_actor=3e-5,
+        update_epochs=20,
+    ),
+    "halfcheetah-medium-expert": dict(
+        # scripts/mujoco_loco/halfme.sh: --is_state_norm True and no --is_iql (the non-IQL path)
+        state_norm=True,
+        iql=False,
+        # ppo_finetune/scripts/mujoco_loco/halfme.sh: --lr_a 2e-5 --K_epochs 10 --scale_strategy dynamic
+        # --v_hidden_width 256
+        reward_scale="dynamic",
+        value_refit_hidden_dim=256,
+        lr_actor=2e-5,
+        update_epochs=10,
+    ),
+    "walker2d-medium": dict(
+        # scripts/mujoco_loco/wm.sh: --is_state_norm True --is_iql True
+        state_norm=True,
+        iql=True,
+        dyn_max_epochs=30,  # transition_model/configs/gym/walker2d_medium.py: dynamics_max_epochs = 30
+        # ppo_finetune/scripts/mujoco_loco/wm.sh, no --scale_strategy (the offline V is loaded): --lr_a 3e-5
+        # --K_epochs 30 in its version at commit 6e28311 (HEAD sweeps lr_a ∈ {1e-5, 3e-5}, K ∈ {20, 30}, and is
+        # invalid bash: its inner `for` has no `do`)
+        reward_scale="none",
+        lr_actor=3e-5,
+        update_epochs=30,
+    ),
+    "walker2d-medium-replay": dict(
+        # scripts/mujoco_loco/wmr.sh: --is_state_norm True --is_iql True --v_steps 500000 (q_bc_steps, also 5e5,
+        # is unused on the IQL path)
+        state_norm=True,
+        iql=True,
+        value_steps=500_000,
+        # ppo_finetune/scripts/mujoco_loco/wmr.sh, no --scale_strategy: --lr_a 3e-5 --K_epochs 30 at commit
+        # 6e28311 (HEAD: the sweep of wm.sh, invalid bash)
+        reward_scale="none",
+        lr_actor=3e-5,
+        update_epochs=30,
+    ),
+    "walker2d-medium-expert": dict(
+        # scripts/mujoco_loco/wme.sh: --is_state_norm True --is_iql True
+        state_norm=True,
+        iql=True,
+        # ppo_finetune/scripts/mujoco_loco/wme.sh, no --scale_strategy: --lr_a 2e-5 --K_epochs 30 at commit
+        # 6e28311, the version that runs (HEAD: the sweep lr_a ∈ {1e-5, 3e-5}, K ∈ {20, 30} of wm.sh, invalid bash)
+        reward_scale="none",
+        lr_actor=2e-5,
+        update_epochs=30,
+    ),
+}
+PAPER_CONFIGS: dict[str, dict] = {
+    f"paper-{task}": {"dataset_id": "o2o/{}/{}-v0".format(*task.split("-", 1)), **_UNI_O4_LOCOMOTION, **cfg}
+    for task, cfg in _UNI_O4_PER_DATASET.items()
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1182,6 +1399,8 @@ def validate(args: Args):
         fail("--clip-ratio and --online-clip must be > 0")
     if args.phases == "online" and args.online_steps == 0:
         fail("--phases online needs --online-steps > 0")
+    if args.value_refit_hidden_dim is not None and args.value_refit_hidden_dim <= 0:
+        fail(f"--value-refit-hidden-dim must be > 0, got {args.value_refit_hidden_dim}")
     if args.select_top_k <= 0:
         fail(f"--select-top-k must be > 0, got {args.select_top_k}")
     if args.early_eval_freq > 0 and args.early_eval_until == 0:
@@ -1189,6 +1408,32 @@ def validate(args: Args):
     if args.clip_decay_steps > args.clip_decay_horizon:
         fail(f"--clip-decay-steps ({args.clip_decay_steps}) cannot exceed --clip-decay-horizon "
              f"({args.clip_decay_horizon}): ε would turn negative")  # fmt: skip
+
+
+# D4RL locomotion -> Minari's remote ids of the same env and quality, where Minari has one (medium-replay and
+# medium-expert have none; Minari's are re-collected on v5 envs, not D4RL's data)
+REMOTE_IDS = {f"o2o/{e}/medium-v0": f"mujoco/{e}/medium-v0" for e in ("hopper", "halfcheetah", "walker2d")}
+
+
+def paper_config_cli(argv: Optional[list[str]] = None) -> Args:
+    """`python <file>.py [CONFIG] [--flag value ...]`: an optional first word names one of PAPER_CONFIGS, whose
+    values replace the defaults; flags override both. With --download, a config's local dataset becomes Minari's
+    remote id of the same env and quality (REMOTE_IDS), where there is one."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name = argv.pop(0) if argv and not argv[0].startswith("-") else None
+    if name is not None and name not in PAPER_CONFIGS:
+        fail(f"unknown config {name!r}; choose one of {', '.join(PAPER_CONFIGS)}, or none for the defaults")
+    listing = "\n".join(f"  {k}: {v['dataset_id']}" for k, v in PAPER_CONFIGS.items())
+    description = f"{__doc__}\nNamed configs (`python {os.path.basename(__file__)} CONFIG [flags]`):\n{listing}"
+    args = tyro.cli(Args, default=Args(**PAPER_CONFIGS.get(name, {})), args=argv, description=description)
+    if name is not None and args.download and args.dataset_id == PAPER_CONFIGS[name]["dataset_id"]:
+        if args.dataset_id not in REMOTE_IDS:
+            fail(
+                f"{name}: Minari has no remote copy of {args.dataset_id}'s D4RL dataset; build the local one with "
+                "`python benchmark/make_datasets.py`, or pass --dataset-id"
+            )
+        args.dataset_id = REMOTE_IDS[args.dataset_id]
+    return args
 
 
 def main(args: Args):
@@ -1423,7 +1668,7 @@ def main(args: Args):
         elif scale_fn is None:
             critic = V
         else:  # re-fit V to MC returns of the scaled offline rewards
-            critic = ValueNet(obs_dim, args.v_hidden_dim, args.v_depth).to(device)
+            critic = ValueNet(obs_dim, args.value_refit_hidden_dim or args.v_hidden_dim, args.v_depth).to(device)
             mc = T(refit_targets(data["rewards"], data["episode_ends"], args, scale_fn))
             vopt = torch.optim.Adam(critic.parameters(), lr=args.value_lr)
             for _ in range(args.value_refit_steps):
@@ -1512,4 +1757,4 @@ def main(args: Args):
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(paper_config_cli())

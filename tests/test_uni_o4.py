@@ -608,3 +608,95 @@ def test_unknown_env_without_terminations_warns_on_the_cli(tmp_path):
     assert "warning: no termination rule for env 'MountainCarContinuous-v0'" in proc.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["termination_rule"].startswith("never") and summary["offline"]["metric"] == "mean_return"
+
+
+# ------------------------------------------------------------------ paper configurations
+# `python algorithms/uni_o4.py paper-<env>-<quality> [flags]`
+def test_every_paper_config_parses_and_names_a_buildable_dataset():
+    import make_datasets
+
+    envs, qualities = ("hopper", "halfcheetah", "walker2d"), ("medium", "medium-replay", "medium-expert")
+    assert sorted(U.PAPER_CONFIGS) == sorted(f"paper-{e}-{q}" for e in envs for q in qualities)
+    for name, cfg in U.PAPER_CONFIGS.items():
+        U.Args(**cfg)  # only fields that exist
+        args = U.paper_config_cli([name])
+        assert {k: getattr(args, k) for k in cfg} == cfg, name
+        U.validate(args)  # a consistent set of flags
+        prefix, env, quality = cfg["dataset_id"].split("/")
+        assert prefix == "o2o" and quality.endswith("-v0") and name == f"paper-{env}-{quality[: -len('-v0')]}"
+        assert env in make_datasets.MUJOCO and quality[: -len("-v0")] in make_datasets.QUALITIES
+        # the paper's budgets
+        assert (args.offline_steps, args.online_steps, args.bc_steps) == (10_000, 1_000_000, 400_000), name
+        assert (args.ope_horizon, args.ope_num_states, args.dyn_max_epochs in (None, 30)) == (1000, 512, True)
+        # the official code where it and the paper disagree (see the header)
+        assert args.bc_reg == "official" and args.select_with_env and args.select_top_k == 3
+
+
+def test_paper_configs_carry_the_official_per_dataset_settings():
+    C = {name[len("paper-") :]: U.paper_config_cli([name]) for name in U.PAPER_CONFIGS}
+    assert [t for t, a in C.items() if not a.iql] == ["hopper-medium-expert", "halfcheetah-medium-expert"]
+    assert [t for t, a in C.items() if a.pi_activation == "tanh"] == ["halfcheetah-medium", "halfcheetah-medium-replay"]
+    assert [t for t, a in C.items() if not a.state_norm] == ["halfcheetah-medium-replay"]
+    assert {t: a.value_steps for t, a in C.items() if a.value_steps != 2_000_000} == {"walker2d-medium-replay": 500_000}
+    assert {t: a.dyn_max_epochs for t, a in C.items() if a.dyn_max_epochs is not None} == {"walker2d-medium": 30}
+    dynamic = ["halfcheetah-medium", "halfcheetah-medium-expert"]  # hopper and halfcheetah-medium-replay: ×0.1
+    assert [t for t, a in C.items() if a.reward_scale == "dynamic"] == dynamic
+    for t, a in C.items():
+        env = t.split("-")[0]
+        assert a.reward_scale == ("none" if env == "walker2d" else "dynamic" if t in dynamic else "number"), t
+        assert a.value_refit_hidden_dim == (None if env == "walker2d" else 256), t
+        assert a.reward_scale_factor == 0.1 and a.value_refit_steps == 1_000_000
+    online = {t: (a.lr_actor, a.update_epochs) for t, a in C.items()}
+    assert online == {
+        "hopper-medium": (2e-5, 10), "hopper-medium-replay": (2e-5, 10), "hopper-medium-expert": (6e-6, 5),
+        "halfcheetah-medium": (3e-5, 30), "halfcheetah-medium-replay": (3e-5, 20),
+        "halfcheetah-medium-expert": (2e-5, 10), "walker2d-medium": (3e-5, 30), "walker2d-medium-replay": (3e-5, 30),
+        "walker2d-medium-expert": (2e-5, 30),
+    }  # fmt: skip
+
+
+def test_paper_config_flags_override_and_plain_flags_are_unchanged():
+    args = U.paper_config_cli(["paper-hopper-medium", "--seed", "3", "--lr-actor", "1e-5", "--no-select-with-env"])
+    assert args.seed == 3 and args.lr_actor == 1e-5 and not args.select_with_env
+    assert args.dataset_id == "o2o/hopper/medium-v0" and args.offline_steps == 10_000
+    assert U.paper_config_cli(["--seed", "2"]) == U.Args(seed=2)  # no config: today's defaults
+    assert U.paper_config_cli([]) == U.Args()
+    assert U.Args().value_refit_hidden_dim is None  # the new flag's default keeps the offline V's width
+
+
+def test_unknown_paper_config_exits_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        U.paper_config_cli(["paper-hopper-expert"])
+    assert exc.value.code == 2 and "unknown config 'paper-hopper-expert'" in capsys.readouterr().err
+
+
+def test_paper_config_download_maps_to_minari_remote_id(capsys):
+    for env in ("hopper", "halfcheetah", "walker2d"):
+        args = U.paper_config_cli([f"paper-{env}-medium", "--download"])
+        assert args.dataset_id == f"mujoco/{env}/medium-v0" and args.download
+    # an explicit --dataset-id is the user's, kept as given
+    args = U.paper_config_cli(["paper-hopper-medium", "--download", "--dataset-id", "o2o/pendulum/medium-v0"])
+    assert args.dataset_id == "o2o/pendulum/medium-v0"
+    for quality in ("medium-replay", "medium-expert"):
+        with pytest.raises(SystemExit) as exc:
+            U.paper_config_cli([f"paper-hopper-{quality}", "--download"])
+        assert exc.value.code == 2 and "no remote copy" in capsys.readouterr().err
+
+
+def test_paper_config_runs_end_to_end(tiny_mujoco_root, tmp_path):
+    """As a user would: the config's name, then tiny budgets (the paper's network sizes are kept)."""
+    tiny = {
+        "value_steps": "20", "bc_steps": "20", "offline_steps": "20", "ope_freq": "10", "ope_horizon": "5",
+        "ope_num_states": "16", "dyn_max_epochs": "1", "online_steps": "64", "num_steps": "32",
+        "value_refit_steps": "20", "eval_freq": "64", "eval_episodes": "1",
+    }  # fmt: skip
+    flags = [x for k, v in tiny.items() for x in (f"--{k.replace('_', '-')}", v)]
+    s = run_algo(SCRIPT, "paper-hopper-medium-replay", *flags, minari_root=tiny_mujoco_root, run_dir=tmp_path / "run")
+    cfg = U.PAPER_CONFIGS["paper-hopper-medium-replay"]
+    assert {k: v for k, v in s["args"].items() if k in cfg and k not in tiny} == {
+        k: v for k, v in cfg.items() if k not in tiny
+    }
+    assert s["dataset_id"] == "o2o/hopper/medium-replay-v0" and s["online_env_steps"] == 64
+    assert s["online_gradient_steps"] == 10 * 2 * 1  # K = 10 epochs × 2 rollouts × one minibatch of 32
+    assert s["selection_env_steps"] > 0  # the official top-3 selection spent real episodes
+    assert s["offline"]["metric"] == s["online"]["metric"] == "normalized_score"
