@@ -12,7 +12,7 @@ import pytest
 from gymnasium.spaces import Box
 from minari.data_collector.episode_buffer import EpisodeBuffer
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_algo, run_cli
 
 ALGORITHMS = sorted(p.stem for p in (ROOT / "algorithms").glob("*.py") if not p.stem.startswith("_"))
 
@@ -271,3 +271,16 @@ def test_transitions_follow_the_rule(algo, tmp_path, monkeypatch):
     np.testing.assert_array_equal(data["actions"][:, 0], [0.5] * 3 + [-0.5] * 4)
     np.testing.assert_array_equal(data["terminals"], [0, 0, 1, 0, 0, 0, 0])  # the truncation does not cut
     np.testing.assert_array_equal(data["episode_ends"], [0, 0, 1, 0, 0, 0, 1])
+
+
+@pytest.mark.parametrize("script", ALGORITHMS)
+def test_same_seed_gives_identical_evaluations(script, minari_root, tmp_path):
+    """Two runs with one seed, offline then online at the smoke preset's budget, evaluate identically."""
+    import shlex
+
+    import run
+
+    flags = ["--dataset-id", "o2o/pendulum/medium-replay-v0", "--seed", "3", *shlex.split(run.SMOKE_BUDGET[script])]
+    a, b = (run_algo(f"algorithms/{script}.py", *flags, minari_root=minari_root, run_dir=tmp_path / k) for k in "ab")
+    scores = [[(e["phase"], e["step"], e["mean_return"]) for e in s["evaluations"]] for s in (a, b)]
+    assert scores[0] == scores[1] and {p for p, _, _ in scores[0]} == {"offline", "online"}
