@@ -143,7 +143,9 @@ class Args:
     capture_video: bool = False
     """whether to capture videos of the final evaluation episode (into the run directory's `videos/`)"""
     save_model: bool = False
-    """whether to save model checkpoints into the run directory"""
+    """whether to save model checkpoints into the run directory: `offline.pt` after the offline phase (every
+    member's accepted policy π_k, V̂, Q̂, the dynamics model, the selected member, the state statistics) and
+    `online.pt` after fine-tuning (the actor, the critic, the state statistics)"""
     run_dir: Optional[str] = None
     """where logs, checkpoints and summary.json go (default: runs/{run_name})"""
     dataset_id: str = "o2o/pendulum/medium-replay-v0"
@@ -1649,7 +1651,8 @@ def main(args: Args):
               f"accepts {accepts.tolist()}", flush=True)  # fmt: skip
         pi_online = pi_ref.extract(sel).requires_grad_(True)
         if args.save_model:
-            torch.save(dict(pi=pi_ref.state_dict(), V=V.state_dict(), Q=Q.state_dict(), dyn=dyn.state_dict()),
+            torch.save(dict(pi=pi_ref.state_dict(), V=V.state_dict(), Q=Q.state_dict(), dyn=dyn.state_dict(),
+                            selected_member=sel, state_mean=norm.mean, state_std=norm.std),
                        os.path.join(run_dir, "offline.pt"))  # fmt: skip
 
     # ================================ online ================================
@@ -1744,6 +1747,9 @@ def main(args: Args):
             if online_eval_due(args, global_step - L, global_step) or global_step == online_steps:
                 online_eval(global_step)  # after the update, at the end of the rollout
         stage_times["online"] = time.time() - t
+        if args.save_model:  # the fine-tuned policy, with the frozen state statistics it acts on
+            torch.save(dict(pi=actor.state_dict(), V=critic.state_dict(), state_mean=norm.mean, state_std=norm.std),
+                       os.path.join(run_dir, "online.pt"))  # fmt: skip
     summary = log.summary(
         online_env_steps=online_steps,
         online_gradient_steps=online_grad_steps,

@@ -1,4 +1,5 @@
-"""Tests of algorithms/uni_o4.py: unit tests of each piece, learning runs as a user would launch them, bad input."""
+"""Tests of algorithms/uni_o4.py: unit tests of each piece, learning runs as a user would launch them, bad input,
+the paper configurations and the saved checkpoints."""
 
 import copy
 import json
@@ -291,6 +292,59 @@ def test_online_eval_due_steps():
     assert [hi for lo, hi in zip([0] + ends, ends) if U.online_eval_due(U.Args(eval_freq=1000), lo, hi)] == [1000, 2000]
 
 
+class _ActionQ(torch.nn.Module):
+    """Q̂(s, a) = a[0] as one head [1, B] and V̂ = 0: the offline advantage is the action's first coordinate."""
+
+    def forward(self, s, a):
+        return a[:, 0].unsqueeze(0)
+
+
+def test_one_offline_ppo_step_raises_log_prob_of_positive_advantage_actions():
+    """One offline PPO update (the improvement step) moves each member towards the actions π_k sampled with A > 0
+    and away from those with A < 0: on average log π rises on the first and falls on the second. At the paper's
+    learning rate 1e-4 one step moves μ by much less than σ (at 1e-3 it can overshoot the positive actions)."""
+    torch.manual_seed(0)
+    pi = U.GaussianPolicyEnsemble(2, 3, 2, hidden=32, depth=2)
+    pi_ref = copy.deepcopy(pi).requires_grad_(False)
+    opt = torch.optim.Adam(pi.parameters(), lr=1e-4)
+    s = torch.randn(256, 3)
+    torch.manual_seed(1)  # the draw offline_ppo_loss makes, replayed: a ~ π_k(·|s)
+    with torch.no_grad():
+        mu_k, ls_k = pi_ref(s)
+        a = mu_k + ls_k.exp() * torch.randn_like(mu_k)  # [N, B, A]
+        before = pi.log_prob(s, a)
+    torch.manual_seed(1)
+    U.offline_ppo_step(pi, pi_ref, _ActionQ(), lambda x: torch.zeros(x.shape[0]), opt, s, 0.25, U.Args())
+    with torch.no_grad():
+        change = pi.log_prob(s, a) - before  # [N, B]
+    positive = a[..., 0] > a[..., 0].mean(1, keepdim=True)  # A > 0 after the per-member z-score
+    for m in range(2):
+        up, down = change[m][positive[m]].mean().item(), change[m][~positive[m]].mean().item()
+        print(f"member {m}: Δ log π on A > 0 {up:+.4f}, on A < 0 {down:+.4f}")
+        assert up > 0 > down, (m, up, down)
+
+
+def test_one_online_ppo_step_raises_log_prob_of_positive_advantage_actions():
+    """One online PPO minibatch update (no entropy bonus, to isolate the clipped objective): on a few states, the
+    action half a σ above μ has A = +1 and the one half a σ below A = −1; the first becomes likelier, the second
+    less likely, at every state."""
+    torch.manual_seed(0)
+    actor, critic = U.GaussianPolicyEnsemble(1, 3, 1, hidden=32, depth=2), U.ValueNet(3, 16, 2)
+    s = torch.randn(4, 3).repeat(2, 1)
+    with torch.no_grad():
+        mu, ls = (x[0] for x in actor(s))
+        a = mu + torch.tensor([0.5] * 4 + [-0.5] * 4)[:, None] * ls.exp()
+        before = U.gaussian_log_prob(a, mu, ls)
+    adv = torch.tensor([1.0] * 4 + [-1.0] * 4)
+    mb = dict(s=s, a=a, logp=before, adv=adv, ret=torch.zeros(8), v_old=torch.zeros(8))
+    opts = [torch.optim.Adam(m.parameters(), lr=1e-4, eps=1e-5) for m in (actor, critic)]
+    U.online_ppo_step(actor, critic, *opts, mb, U.Args(ent_coef=0.0))
+    with torch.no_grad():
+        change = U.gaussian_log_prob(a, *(x[0] for x in actor(s))) - before
+    print(f"Δ log π: A = +1 {change[:4].tolist()}, A = −1 {change[4:].tolist()}")
+    assert (change[:4] > 0).all() and (change[4:] < 0).all(), change
+
+
 # ------------------------------------------------------------------ no host synchronisation in the hot loops
 def _update_fixtures(device):
     """Tiny versions of every network, optimiser and batch the update steps use, on `device`."""
@@ -380,7 +434,10 @@ def offline_runs(minari_root, tmp_path_factory):
 #   improvement gap +24.9 / −8.3 / +37.4; online − offline +7.3 / +14.6 / +0.0. On seed 2 every member improved on
 #   its own BC policy (25 → 35, 56 → 67, 38 → 48, 54 → 62) but AM-Q chose member 2 (47.5) over member 1 (67.3).
 #   Negative control (no values, BC or improvement): 1.8. Random ≈ 0, dataset ≈ 52, expert ≈ 100.
-TOL_IMPROVE = 0.0  # the test's seed (1) must not be worse than its BC policy: measured +24.9
+# The test's seed (1) must beat its BC policy by MIN_GAIN: measured +24.9 (re-measured after the paper configs, same
+# flags: 50.0 -> 74.9); with the improvement off (the same flags and --pi-lr 0: 50.0 -> 50.0, no round accepted)
+# the gap is exactly 0, and this test fails.
+MIN_GAIN = 10.0
 TOL_ONLINE = 10.0  # no seed lost anything online; 10 ≈ one std of a 5-episode evaluation (returns ± ~100)
 
 
@@ -389,7 +446,7 @@ def test_offline_improvement_learns(offline_runs):
     bc, improved = full["bc_score"], full["improved_score"]
     print(f"BC {bc:.1f} -> improved {improved:.1f} (gap {improved - bc:+.1f}); negative control {neg['bc_score']:.1f}")
     assert full["offline"]["final_score"] == improved
-    assert improved >= bc - TOL_IMPROVE, (bc, improved)
+    assert improved - bc >= MIN_GAIN, (bc, improved)
     assert improved > 40, improved  # measured 75 / 48 / 84
     assert neg["offline"]["final_score"] < 15, neg["offline"]  # measured 1.8
     assert neg["online"] is None and sum(neg["accepts"]) == 0
@@ -700,3 +757,47 @@ def test_paper_config_runs_end_to_end(tiny_mujoco_root, tmp_path):
     assert s["online_gradient_steps"] == 10 * 2 * 1  # K = 10 epochs × 2 rollouts × one minibatch of 32
     assert s["selection_env_steps"] > 0  # the official top-3 selection spent real episodes
     assert s["offline"]["metric"] == s["online"]["metric"] == "normalized_score"
+
+
+# ------------------------------------------------------------------ checkpoints (--save-model)
+def test_saved_models_reload_and_replay_the_final_policies(minari_root, tmp_path):
+    """--save-model on a tiny offline-online run: `offline.pt` rebuilt in this process (from the run's recorded
+    args and the checkpoint alone) replays the final offline evaluation of the selected member exactly, and
+    `online.pt` the final online evaluation; the fine-tuned actor acts differently from the offline one."""
+    tiny = ["--dataset-id", "o2o/pendulum/medium-replay-v0", "--value-steps", "50", "--bc-steps", "50",
+            "--offline-steps", "20", "--ope-freq", "10", "--online-steps", "256", "--num-steps", "128",
+            "--eval-episodes", "2", "--eval-freq", "128", "--dyn-max-epochs", "2", *SMALL[:-4]]  # fmt: skip
+    run = tmp_path / "run"
+    s = run_algo(SCRIPT, *tiny, "--save-model", minari_root=minari_root, run_dir=run)
+    args = U.Args(**s["args"])
+    dataset = U.load_minari_dataset(args.dataset_id)
+    env = U.make_eval_env(dataset)
+    space, obs_dim, act_dim = env.action_space, env.observation_space.shape[0], env.action_space.shape[0]
+    a_center, a_half = (
+        ((space.high + space.low) / 2).astype(np.float32),
+        ((space.high - space.low) / 2).astype(np.float32),
+    )
+    device = torch.device("cpu")
+
+    def policy(n: int, ckpt: dict) -> U.GaussianPolicyEnsemble:
+        pi = U.GaussianPolicyEnsemble(n, obs_dim, act_dim, args.bc_hidden_dim, args.bc_depth, args.pi_activation)
+        pi.load_state_dict(ckpt["pi"])
+        return pi
+
+    off = torch.load(run / "offline.pt", map_location="cpu", weights_only=True)
+    on = torch.load(run / "online.pt", map_location="cpu", weights_only=True)
+    assert off["selected_member"] == s["selected_member"]
+    U.ValueNet(obs_dim, args.v_hidden_dim, args.v_depth).load_state_dict(on["V"])  # the critic reloads too
+    norm = U.StateNorm(off["state_mean"], off["state_std"], device)
+    torch.testing.assert_close(on["state_mean"], off["state_mean"])  # frozen statistics in both phases
+    pi_off, pi_on = policy(args.num_policies, off), policy(1, on)
+    final = {p: [e for e in s["evaluations"] if e["phase"] == p][-1] for p in ("offline", "online")}
+    for phase, pi, member in (("offline", pi_off, off["selected_member"]), ("online", pi_on, 0)):
+        act = U.policy_actor(pi, member, norm, a_center, a_half, device)
+        returns = U.evaluate(env, act, args.eval_episodes, args.seed + 10_000)  # the run's evaluation seeds
+        assert float(returns.mean()) == final[phase]["mean_return"], phase
+    states = [dataset[k].observations[0] for k in range(5)]
+    act_off = U.policy_actor(pi_off, off["selected_member"], norm, a_center, a_half, device)
+    act_on = U.policy_actor(pi_on, 0, norm, a_center, a_half, device)
+    assert any(not np.array_equal(act_off(o), act_on(o)) for o in states)  # 256 online steps changed the actor
+    env.close()
