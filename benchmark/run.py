@@ -472,6 +472,11 @@ def _mean_std(values) -> str:
     return "—" if not v else f"{np.mean(v):.1f} ± {np.std(v):.1f}"
 
 
+def _mean_std_g(values) -> str:  # diagnostics span orders of magnitude: 3 significant digits
+    v = [x for x in values if x is not None]
+    return "—" if not v else f"{np.mean(v):.3g} ± {np.std(v):.2g}"
+
+
 def _iqm_str(values) -> str:
     v = [x for x in values if x is not None]
     if not v:
@@ -540,7 +545,7 @@ def write_diagnostics(cells: list[Cell], out: Path) -> str:
     for (label, dataset), g in sorted(groups.items()):
         keys = sorted({k for d in g for k in d})
         md += [f"**{label}** on `{dataset}` ({len(g)} seeds): "
-               + "; ".join(f"{k} {_mean_std(d.get(k) for d in g)}" for k in keys), ""]  # fmt: skip
+               + "; ".join(f"{k} {_mean_std_g(d.get(k) for d in g)}" for k in keys), ""]  # fmt: skip
     text = "\n".join(md) + "\n"
     (out / "diagnostics.md").write_text(text)
     return text
