@@ -329,6 +329,7 @@ def launch(cells: list[Cell], args: Args, out: Path, run=run_cell) -> list[tuple
     failures, done = [], 0
     waiting = list(cells)  # in build_grid's order
     finished: set[Cell] = set()
+    parents = {c.load_from for c in cells if c.load_from is not None}
 
     def ready(c: Cell) -> bool:
         p = c.load_from
@@ -355,10 +356,16 @@ def launch(cells: list[Cell], args: Args, out: Path, run=run_cell) -> list[tuple
                 report(c, 1, 0.0, f" — its offline cell {cell.label} failed")
 
     def next_ready() -> Optional[Cell]:
-        c = next((c for c in waiting if ready(c)), None)
-        if c is not None:
+        while (c := next((c for c in waiting if ready(c)), None)) is not None:
             waiting.remove(c)
-        return c
+            if (c.run_dir(out) / "summary.json").exists() and (
+                c not in parents or (c.run_dir(out) / OFFLINE_CHECKPOINT).exists()
+            ):  # finished since this call started (another runner on the same --out): keep it
+                print(f"{c.label} {c.dataset} seed {c.seed}: finished meanwhile, skipped", flush=True)
+                finished.add(c)
+                continue
+            return c
+        return None
 
     def job(c: Cell):
         return c.command(out), str(c.run_dir(out)), str(log_path(c, out)), args.threads

@@ -276,3 +276,20 @@ def test_full_mujoco_grid_uses_each_files_paper_config(minari_root, tmp_path):
         assert module.PAPER_CONFIGS[config]["dataset_id"] == f"o2o/{env}/{quality}"
     cpu = run.build_grid(run.Args(preset="mujoco-local", seeds=1))  # without --full: the CPU budgets, no config
     assert all(c.config is None and "--offline-steps" in c.flags for c in cpu)
+
+
+def test_launch_skips_a_cell_another_runner_finished(tmp_path):
+    cells = _fake_cells(tmp_path)
+    other = cells[3]  # famo2o: finished by another call of the runner after this one listed its work
+    other.run_dir(tmp_path).mkdir(parents=True)
+    (other.run_dir(tmp_path) / "summary.json").write_text("{}")
+    ran = []
+
+    def fake_run(cmd, run_dir, log_file, threads):
+        ran.append(run_dir)
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(run_dir) / run.OFFLINE_CHECKPOINT).write_text("ckpt")
+        return 0, 0.0
+
+    assert run.launch(cells, run.Args(preset="mujoco-cpu", workers=1), tmp_path, run=fake_run) == []
+    assert str(other.run_dir(tmp_path)) not in ran and len(ran) == 3
