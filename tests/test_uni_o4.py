@@ -596,15 +596,18 @@ def test_unknown_dataset_fails_cleanly(minari_root, tmp_path):
 
 
 def test_bad_flags_fail_cleanly(minari_root, tmp_path):
-    proc = run_cli(SCRIPT, "--offline-steps", "-1", minari_root=minari_root)
-    assert proc.returncode == 2 and "--offline-steps" in proc.stderr
+    # with --run-dir (and a tiny budget), so a regressed check fails fast here instead of training in the repository
+    tiny = ("--value-steps", "1", "--bc-steps", "1", "--online-steps", "0", "--dyn-max-epochs", "1")
     for flags, msg in (
+        (("--offline-steps", "-1"), "--offline-steps"),
         (("--early-eval-freq", "-1"), "--early-eval-freq"),
         (("--early-eval-freq", "100"), "--early-eval-until"),
         (("--clip-decay-steps", "300", "--clip-decay-horizon", "200"), "--clip-decay-horizon"),
     ):
-        proc = run_cli(SCRIPT, *flags, minari_root=minari_root)
+        run_dir = tmp_path / "run"
+        proc = run_cli(SCRIPT, *tiny, *flags, "--run-dir", str(run_dir), minari_root=minari_root)
         assert proc.returncode == 2 and msg in proc.stderr, (flags, proc.stderr[-500:])
+        assert not run_dir.exists(), flags
 
 
 def test_unknown_env_without_terminations_warns(capsys):
