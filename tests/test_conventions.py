@@ -284,3 +284,42 @@ def test_same_seed_gives_identical_evaluations(script, minari_root, tmp_path):
     a, b = (run_algo(f"algorithms/{script}.py", *flags, minari_root=minari_root, run_dir=tmp_path / k) for k in "ab")
     scores = [[(e["phase"], e["step"], e["mean_return"]) for e in s["evaluations"]] for s in (a, b)]
     assert scores[0] == scores[1] and {p for p, _, _ in scores[0]} == {"offline", "online"}
+
+
+# ---- paper configs: the CLI harness (identical in the three files); each file's tests check its configs' contents
+def test_paper_config_cli_flags_override_and_no_config_keeps_the_defaults(algo):
+    args = algo.paper_config_cli(["paper-hopper-medium", "--seed", "3"])
+    cfg = algo.PAPER_CONFIGS["paper-hopper-medium"]
+    assert args.seed == 3 and args.dataset_id == "o2o/hopper/medium-v0" and args.offline_steps == cfg["offline_steps"]
+    assert algo.paper_config_cli([]) == algo.Args()
+    assert algo.paper_config_cli(["--seed", "2"]) == algo.Args(seed=2)  # no config: exactly today's command line
+
+
+def test_paper_config_cli_rejects_unknown_names(algo, capsys):
+    with pytest.raises(SystemExit) as exc:
+        algo.paper_config_cli(["paper-hopper-expertish"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "unknown config 'paper-hopper-expertish'" in err and "paper-hopper-medium" in err
+
+
+def test_paper_config_download_maps_to_minaris_remote_id(algo, capsys):
+    for env in ("hopper", "halfcheetah", "walker2d"):
+        args = algo.paper_config_cli([f"paper-{env}-medium", "--download"])
+        assert args.dataset_id == f"mujoco/{env}/medium-v0" and args.download
+    assert algo.paper_config_cli(["paper-hopper-medium"]).dataset_id == "o2o/hopper/medium-v0"  # local without it
+    # an explicit --dataset-id is the user's, kept as given
+    args = algo.paper_config_cli(["paper-hopper-medium", "--download", "--dataset-id", "o2o/pendulum/medium-v0"])
+    assert args.dataset_id == "o2o/pendulum/medium-v0"
+    for quality in ("medium-replay", "medium-expert"):
+        with pytest.raises(SystemExit) as exc:
+            algo.paper_config_cli([f"paper-hopper-{quality}", "--download"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and "no remote copy" in err and "make_datasets.py" in err
+
+
+@pytest.mark.parametrize("script", ALGORITHMS)
+def test_help_lists_the_paper_configs(script, minari_root):
+    module = importlib.import_module(script)
+    proc = run_cli(f"algorithms/{script}.py", "--help", minari_root=minari_root)
+    assert proc.returncode == 0
+    assert all(f"{k}: {v['dataset_id']}" in proc.stdout for k, v in module.PAPER_CONFIGS.items())

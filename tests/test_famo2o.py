@@ -498,32 +498,6 @@ def test_every_paper_config_parses_and_names_a_buildable_dataset():
         assert args.offline_steps == args.online_steps == 1_000_000 and args.weight_mode == "batch_mean"
 
 
-def test_paper_config_flags_override_and_plain_flags_are_unchanged():
-    args = famo2o.paper_config_cli(["paper-hopper-medium", "--seed", "3"])
-    assert args.seed == 3 and args.dataset_id == "o2o/hopper/medium-v0" and args.offline_steps == 1_000_000
-    assert famo2o.paper_config_cli(["--seed", "2"]) == famo2o.Args(seed=2)  # no config: today's defaults
-    assert famo2o.paper_config_cli([]) == famo2o.Args()
-
-
-def test_unknown_paper_config_exits_2(capsys):
-    with pytest.raises(SystemExit) as exc:
-        famo2o.paper_config_cli(["paper-hopper-expert"])
-    assert exc.value.code == 2 and "unknown config 'paper-hopper-expert'" in capsys.readouterr().err
-
-
-def test_paper_config_download_maps_to_minari_remote_id(capsys):
-    for env in ("hopper", "halfcheetah", "walker2d"):
-        args = famo2o.paper_config_cli([f"paper-{env}-medium", "--download"])
-        assert args.dataset_id == f"mujoco/{env}/medium-v0" and args.download
-    # an explicit --dataset-id is the user's, kept as given
-    args = famo2o.paper_config_cli(["paper-hopper-medium", "--download", "--dataset-id", "o2o/pendulum/medium-v0"])
-    assert args.dataset_id == "o2o/pendulum/medium-v0"
-    for quality in ("medium-replay", "medium-expert"):
-        with pytest.raises(SystemExit) as exc:
-            famo2o.paper_config_cli([f"paper-hopper-{quality}", "--download"])
-        assert exc.value.code == 2 and "no remote copy" in capsys.readouterr().err
-
-
 def test_paper_config_runs_end_to_end(tiny_mujoco_root, tmp_path):
     tiny = ("--offline-steps", "20", "--online-steps", "20", "--eval-freq", "20", "--eval-episodes", "1")
     s = run_algo(SCRIPT, "paper-hopper-medium-replay", *tiny, minari_root=tiny_mujoco_root, run_dir=tmp_path / "run")

@@ -466,38 +466,6 @@ def test_paper_configs_cover_the_papers_datasets():
     assert set(o.PAPER_CONFIGS) == {f"paper-{e}-{q}" for e in envs for q in qualities}
 
 
-def test_paper_config_cli_flags_override_and_plain_flags_keep_the_defaults():
-    args = o.paper_config_cli(["paper-hopper-medium", "--seed", "3"])
-    assert args.seed == 3 and args.dataset_id == "o2o/hopper/medium-v0" and args.offline_steps == 1_000_000
-    assert o.paper_config_cli([]) == o.Args()
-    assert o.paper_config_cli(["--seed", "3"]) == o.Args(seed=3)  # no config: exactly today's CLI
-    # a flag given for the dataset wins over the config's
-    args = o.paper_config_cli(["paper-hopper-medium", "--dataset-id", "o2o/pendulum/medium-v0", "--download"])
-    assert args.dataset_id == "o2o/pendulum/medium-v0"
-
-
-def test_paper_config_cli_rejects_unknown_names(capsys):
-    with pytest.raises(SystemExit) as exc:
-        o.paper_config_cli(["paper-hopper-expertish"])
-    err = capsys.readouterr().err
-    assert exc.value.code == 2 and "paper-hopper-expertish" in err and "paper-hopper-medium" in err
-
-
-def test_paper_config_download_maps_to_minaris_remote_id(capsys):
-    assert o.paper_config_cli(["paper-walker2d-medium", "--download"]).dataset_id == "mujoco/walker2d/medium-v0"
-    assert o.paper_config_cli(["paper-hopper-medium"]).dataset_id == "o2o/hopper/medium-v0"  # local without it
-    with pytest.raises(SystemExit) as exc:
-        o.paper_config_cli(["paper-hopper-medium-replay", "--download"])
-    err = capsys.readouterr().err
-    assert exc.value.code == 2 and "o2o/hopper/medium-replay-v0" in err and "make_datasets.py" in err
-
-
-def test_help_lists_the_paper_configs(minari_root):
-    proc = run_cli(SCRIPT, "--help", minari_root=minari_root)
-    assert proc.returncode == 0
-    assert all(f"{k}: {v['dataset_id']}" in proc.stdout for k, v in o.PAPER_CONFIGS.items())
-
-
 def test_paper_config_runs_end_to_end(tiny_mujoco_root, tmp_path):
     """`python off2on.py paper-hopper-medium-replay <budget flags>` as a user would, on a tiny local hopper dataset:
     the config's dataset and hyperparameters, tiny budgets."""
