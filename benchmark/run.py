@@ -444,13 +444,12 @@ def _summary(cell: Cell, out: Path) -> Optional[dict]:
 
 
 def load_results(cells: list[Cell], out: Path) -> list[dict]:
-    """One row per finished cell, from its summary.json (a cell that loaded a saved offline phase reports the offline
-    scores of the cell that trained it). Offline-only cells that others load are not rows of their own."""
-    parents = {c.load_from for c in cells if c.load_from is not None}
+    """One row per finished cell, from its summary.json; a cell that loaded a saved offline phase reports the offline
+    scores of the cell that trained it (whose own row has no online columns)."""
     rows = []
     for c in cells:
         s = _summary(c, out)
-        if s is None or c in parents:
+        if s is None:
             continue
         offline_from = _summary(c.load_from, out) if c.load_from else s
         row = dict(label=c.label, dataset=c.dataset, seed=c.seed, wall_time_min=s["wall_time"] / 60)
@@ -671,7 +670,7 @@ def plot_curves(cells: list[Cell], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     paths, points = [], []
-    for dataset in sorted({c.dataset for c in cells}):
+    for dataset in sorted({c.dataset for c in cells if (c.run_dir(out) / "summary.json").exists()}):
         algos = [a for a in ALGORITHMS if any(c.algo == a and c.dataset == dataset for c in cells)]
         fig, axes = plt.subplots(2, len(algos), figsize=(4.5 * len(algos), 7), squeeze=False)
         data = _data_score(dataset)

@@ -90,7 +90,9 @@ def test_ray_grid_with_a_shared_offline_cell(minari_root, tmp_path):
 
     with open(out / "runs.csv") as f:
         rows = {r["label"]: r for r in csv.DictReader(f)}
-    assert set(rows) == {"off2on[balanced]", "off2on[uniform]", "off2on[online-only]", "off2on[single-cql]"}
+    assert set(rows) == {"off2on[offline]", "off2on[balanced]", "off2on[uniform]", "off2on[online-only]",
+                         "off2on[single-cql]"}  # fmt: skip
+    assert rows["off2on[offline]"]["online_final"] == ""  # the shared offline cell: offline columns only
     offline = summary("off2on[offline]")
     for label in ("off2on[balanced]", "off2on[uniform]", "off2on[online-only]"):
         loaded = summary(label)["args"]["load_offline"]
