@@ -496,7 +496,8 @@ def _iqm_str(values) -> str:
 
 def claim_verdicts(rows: list[dict]) -> list[dict]:
     """For each CLAIMS pair present on a dataset: the IQM and CI of both arms per metric, and whether the intervals
-    separate (claim above baseline: 'holds'; below: 'reversed'; overlapping: 'inconclusive'). A metric both arms share
+    separate (claim above baseline: 'holds'; below: 'reversed'; overlapping: 'inconclusive'; no verdict from one seed
+    per arm). A metric both arms share
     seed for seed (the same offline phase) is left out."""
     verdicts = []
     for dataset in sorted({r["dataset"] for r in rows}):
@@ -514,6 +515,8 @@ def claim_verdicts(rows: list[dict]) -> list[dict]:
                     continue
                 (ma, la, ha), (mb, lb, hb) = iqm_ci(a), iqm_ci(b)
                 verdict = "holds" if la > hb else "reversed" if ha < lb else "inconclusive"
+                if min(len(a), len(b)) < 2:  # one seed: the interval is a point, there is nothing to separate
+                    verdict = "needs ≥ 2 seeds"
                 verdicts.append(
                     dict(
                         dataset=dataset,

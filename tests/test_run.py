@@ -236,6 +236,8 @@ def test_iqm_ci_and_claim_verdicts():
     assert overlap[0]["verdict"] == "inconclusive"
     reversed_ = run.claim_verdicts(rows("uni_o4[ope-gated]", [1, 2, 3]) + rows("uni_o4[bc-only]", [7, 8, 9]))
     assert reversed_[0]["verdict"] == "reversed"
+    single = run.claim_verdicts(rows("uni_o4[ope-gated]", [1]) + rows("uni_o4[bc-only]", [9, 8]))
+    assert single[0]["verdict"] == "needs ≥ 2 seeds"
 
 
 def test_a_half_finished_cell_restarts_clean(tmp_path):
