@@ -258,6 +258,350 @@ def test_update_steps_run_and_move_the_right_parameters(lagrange):
     assert agent["log_alpha"].item() != 0.0
 
 
+# ---------------------------------------------------------------- recorded values: behaviour kept through refactors
+# Every loss-and-optimizer step at tiny shapes (obs 3, act 2, hidden 16, batch 8, 2 members, 3 CQL actions per
+# source, learning rates 3e-3 so that three steps move the parameters measurably), from seed 0 on fixed batches:
+# the returned statistics and per-network parameter sums after each step. The tolerance allows float summation
+# order to change (fused layers, other CPUs), not the algorithm.
+REC_OBS, REC_ACT, REC_HIDDEN, REC_BATCH, REC_N = 3, 2, 16, 8, 2
+
+
+def _recorded_args(**flags) -> o.Args:
+    lrs = dict(q_lr=3e-3, offline_policy_lr=3e-3, policy_lr=3e-3, weight_net_lr=3e-3)
+    return o.Args(ensemble_size=REC_N, hidden_dim=REC_HIDDEN, batch_size=REC_BATCH, cql_n_actions=3,
+                  weight_net_batch_size=REC_BATCH, **lrs, **flags)  # fmt: skip
+
+
+def _fixed_batch(shape: tuple, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(*shape, REC_OBS, generator=g)
+    act = torch.rand(*shape, REC_ACT, generator=g) * 2 - 1
+    rew = torch.randn(*shape, generator=g)
+    next_obs = torch.randn(*shape, REC_OBS, generator=g)
+    term = (torch.rand(*shape, generator=g) < 0.25).float()
+    return dict(obs=obs, act=act, rew=rew, next_obs=next_obs, term=term)
+
+
+def _param_sums(agent) -> dict[str, float]:
+    with torch.no_grad():
+        sums = {f"sum_{k}": float(sum(p.double().sum() for p in agent[k].parameters()))
+                for k in ("actor", "critic", "critic_target", "w_net") if k in agent}  # fmt: skip
+        sums["sum_log_alpha"] = float(agent["log_alpha"].double().sum())
+        sums["sum_log_alpha_prime"] = float(agent["log_alpha_prime"].double().sum())
+    return sums
+
+
+def _recorded_offline_run(lagrange: bool) -> list[dict]:
+    """One BC warm-up step then two CQL steps, each on its own fixed (N, B, ·) batch."""
+    args = _recorded_args(cql_lagrange=lagrange)
+    torch.manual_seed(0)
+    agent = o.make_agent(args, REC_OBS, REC_ACT, "cpu")
+    opt = torch.optim.Adam([
+        dict(params=agent["actor"].parameters(), lr=args.offline_policy_lr),
+        dict(params=[agent["log_alpha"]], lr=args.offline_policy_lr),
+        dict(params=agent["critic"].parameters(), lr=args.q_lr),
+        dict(params=[agent["log_alpha_prime"]], lr=args.q_lr),
+    ])  # fmt: skip
+    out = []
+    for i, bc in enumerate((True, False, False)):
+        stats = o.offline_update(args, agent, opt, _fixed_batch((REC_N, REC_BATCH), seed=i), bc=bc)
+        out.append({**{k: float(v) for k, v in stats.items()}, **_param_sums(agent)})
+    return out
+
+
+def _recorded_online_run(variant: str) -> list[dict]:
+    """Three online steps from the online phase's fresh start (α = 1, new w_ψ, targets copied), on fixed (B, ·)
+    RL batches and, but for uniform replay, fixed online / offline w-batches."""
+    flags = dict(online_cql=True, cql_lagrange=True) if variant == "online-cql-lagrange" else {}
+    args = _recorded_args(**flags)
+    torch.manual_seed(0)
+    agent = o.make_agent(args, REC_OBS, REC_ACT, "cpu")
+    agent["log_alpha"] = torch.zeros((), requires_grad=True)
+    agent["log_alpha_prime"] = torch.zeros(REC_N, requires_grad=True)
+    agent["w_net"] = o.density_ratio_net(REC_OBS, REC_ACT, REC_HIDDEN)
+    opt = torch.optim.Adam([
+        dict(params=agent["actor"].parameters(), lr=args.policy_lr),
+        dict(params=[agent["log_alpha"]], lr=args.policy_lr),
+        dict(params=agent["critic"].parameters(), lr=args.q_lr),
+        dict(params=[agent["log_alpha_prime"]], lr=args.q_lr),
+        dict(params=agent["w_net"].parameters(), lr=args.weight_net_lr),
+    ])  # fmt: skip
+    agent["critic_target"].load_state_dict(agent["critic"].state_dict())
+    out = []
+    for i in range(3):
+        w_batches = (
+            None if variant == "uniform" else (_fixed_batch((REC_BATCH,), 10 + i), _fixed_batch((REC_BATCH,), 20 + i))
+        )
+        stats, priority = o.online_update(args, agent, opt, _fixed_batch((REC_BATCH,), seed=i), w_batches)
+        stats = {k: float(v) for k, v in stats.items()}
+        if priority is not None:
+            stats["priority_sum"] = float(priority.double().sum())
+        out.append({**stats, **_param_sums(agent)})
+    return out
+
+
+@pytest.mark.parametrize("lagrange", [False, True])
+def test_offline_update_matches_recorded_values(lagrange):
+    got, want = _recorded_offline_run(lagrange), RECORDED[f"offline-lagrange={lagrange}"]
+    for step, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert g == pytest.approx(w, rel=1e-4, abs=1e-5), step
+
+
+@pytest.mark.parametrize("variant", ["balanced", "uniform", "online-cql-lagrange"])
+def test_online_update_matches_recorded_values(variant):
+    got, want = _recorded_online_run(variant), RECORDED[f"online-{variant}"]
+    for step, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert g == pytest.approx(w, rel=1e-4, abs=1e-5), step
+
+
+RECORDED = {  # generated with algorithms/off2on.py at commit b61e4b5 (1 thread, CPU)
+    "offline-lagrange=False": [
+        {
+            "qf_loss": 0.916622043,
+            "cql_gap": 3.56493139,
+            "qf_values": -0.000266670191,
+            "actor_loss": -0.0271386243,
+            "alpha": 1.0,
+            "alpha_loss": -0.0,
+            "alpha_prime": 1.0,
+            "sum_actor": 5.1477956,
+            "sum_critic": 12.9631952,
+            "sum_critic_target": 12.9096389,
+            "sum_log_alpha": -0.00599999982,
+            "sum_log_alpha_prime": 0.0,
+        },
+        {
+            "qf_loss": 0.682266712,
+            "cql_gap": 3.58613682,
+            "qf_values": -0.000405211234,
+            "actor_loss": -1.40026927,
+            "alpha": 0.997004509,
+            "alpha_loss": -0.0102244122,
+            "alpha_prime": 1.0,
+            "sum_actor": 4.72250912,
+            "sum_critic": 12.7661058,
+            "sum_critic_target": 12.9089211,
+            "sum_log_alpha": -0.0119967149,
+            "sum_log_alpha_prime": 0.0,
+        },
+        {
+            "qf_loss": 0.948736608,
+            "cql_gap": 3.58011293,
+            "qf_values": -0.00259981328,
+            "actor_loss": -1.37223601,
+            "alpha": 0.994019628,
+            "alpha_loss": -0.0203183237,
+            "alpha_prime": 1.0,
+            "sum_actor": 4.67485202,
+            "sum_critic": 12.7052045,
+            "sum_critic_target": 12.9079026,
+            "sum_log_alpha": -0.0179908136,
+            "sum_log_alpha_prime": 0.0,
+        },
+    ],
+    "offline-lagrange=True": [
+        {
+            "qf_loss": 0.916622043,
+            "cql_gap": 3.56493139,
+            "qf_values": -0.000266670191,
+            "actor_loss": -0.0271386243,
+            "alpha": 1.0,
+            "alpha_loss": -0.0,
+            "alpha_prime": 1.00300455,
+            "sum_actor": 5.1477956,
+            "sum_critic": 12.9631952,
+            "sum_critic_target": 12.9096389,
+            "sum_log_alpha": -0.00599999982,
+            "sum_log_alpha_prime": 0.00599999982,
+        },
+        {
+            "qf_loss": 0.682266712,
+            "cql_gap": 3.58613682,
+            "qf_values": -0.000405211234,
+            "actor_loss": -1.40026927,
+            "alpha": 0.997004509,
+            "alpha_loss": -0.0102244122,
+            "alpha_prime": 1.00601912,
+            "sum_actor": 4.72250912,
+            "sum_critic": 12.7662508,
+            "sum_critic_target": 12.9089218,
+            "sum_log_alpha": -0.0119967149,
+            "sum_log_alpha_prime": 0.0120022623,
+        },
+        {
+            "qf_loss": 0.948735833,
+            "cql_gap": 3.58011317,
+            "qf_values": -0.00259867846,
+            "actor_loss": -1.3722384,
+            "alpha": 0.994019628,
+            "alpha_loss": -0.0203183237,
+            "alpha_prime": 1.00904322,
+            "sum_actor": 4.67485246,
+            "sum_critic": 12.7056828,
+            "sum_critic_target": 12.9079055,
+            "sum_log_alpha": -0.0179908136,
+            "sum_log_alpha_prime": 0.0180052081,
+        },
+    ],
+    "online-balanced": [
+        {
+            "qf_loss": 2.19058919,
+            "qf_values": -0.000191793428,
+            "actor_loss": -1.38905263,
+            "alpha": 1.0,
+            "alpha_loss": -0.0,
+            "density_ratio_loss": 5.39272514e-05,
+            "density_ratio_online": 0.999836802,
+            "density_ratio_offline": 0.999944687,
+            "priority_mean": 0.999969065,
+            "priority_sum": 7.99975246,
+            "sum_actor": 5.03256493,
+            "sum_critic": 13.0611602,
+            "sum_critic_target": 12.9101287,
+            "sum_w_net": 1.66313359,
+            "sum_log_alpha": -0.00299999979,
+            "sum_log_alpha_prime": 0.0,
+        },
+        {
+            "qf_loss": 1.18734825,
+            "qf_values": 0.00887793303,
+            "actor_loss": -1.39081287,
+            "alpha": 0.997004509,
+            "alpha_loss": -0.0101635922,
+            "density_ratio_loss": 0.000188203529,
+            "density_ratio_online": 1.00341606,
+            "density_ratio_offline": 1.00378716,
+            "priority_mean": 1.00007391,
+            "priority_sum": 8.00059122,
+            "sum_actor": 4.82835573,
+            "sum_critic": 14.3740317,
+            "sum_critic_target": 12.9174481,
+            "sum_w_net": 1.67577329,
+            "sum_log_alpha": -0.00599993719,
+            "sum_log_alpha_prime": 0.0,
+        },
+        {
+            "qf_loss": 1.622226,
+            "qf_values": 0.0169552751,
+            "actor_loss": -1.60454297,
+            "alpha": 0.994018018,
+            "alpha_loss": -0.021597961,
+            "density_ratio_loss": -0.000348087662,
+            "density_ratio_online": 1.00115991,
+            "density_ratio_offline": 1.00046265,
+            "priority_mean": 1.00015509,
+            "priority_sum": 8.00124097,
+            "sum_actor": 5.08799435,
+            "sum_critic": 16.6777115,
+            "sum_critic_target": 12.9362498,
+            "sum_w_net": 1.70671051,
+            "sum_log_alpha": -0.00900511257,
+            "sum_log_alpha_prime": 0.0,
+        },
+    ],
+    "online-uniform": [
+        {
+            "qf_loss": 2.19058919,
+            "qf_values": -0.000191793428,
+            "actor_loss": -1.38905263,
+            "alpha": 1.0,
+            "alpha_loss": -0.0,
+            "sum_actor": 5.03256493,
+            "sum_critic": 13.0611602,
+            "sum_critic_target": 12.9101287,
+            "sum_w_net": 1.58968796,
+            "sum_log_alpha": -0.00299999979,
+            "sum_log_alpha_prime": 0.0,
+        },
+        {
+            "qf_loss": 1.18734825,
+            "qf_values": 0.00887793303,
+            "actor_loss": -1.39081287,
+            "alpha": 0.997004509,
+            "alpha_loss": -0.0101635922,
+            "sum_actor": 4.82835573,
+            "sum_critic": 14.3740317,
+            "sum_critic_target": 12.9174481,
+            "sum_w_net": 1.58968796,
+            "sum_log_alpha": -0.00599993719,
+            "sum_log_alpha_prime": 0.0,
+        },
+        {
+            "qf_loss": 1.622226,
+            "qf_values": 0.0169552751,
+            "actor_loss": -1.60454297,
+            "alpha": 0.994018018,
+            "alpha_loss": -0.021597961,
+            "sum_actor": 5.08799435,
+            "sum_critic": 16.6777115,
+            "sum_critic_target": 12.9362498,
+            "sum_w_net": 1.58968796,
+            "sum_log_alpha": -0.00900511257,
+            "sum_log_alpha_prime": 0.0,
+        },
+    ],
+    "online-online-cql-lagrange": [
+        {
+            "qf_loss": 2.19058919,
+            "qf_values": -0.000191793428,
+            "actor_loss": -1.38905263,
+            "alpha": 1.0,
+            "alpha_loss": -0.0,
+            "cql_gap": 3.59484625,
+            "density_ratio_loss": 5.39272514e-05,
+            "density_ratio_online": 0.999836802,
+            "density_ratio_offline": 0.999944687,
+            "priority_mean": 0.999969065,
+            "priority_sum": 7.99975246,
+            "sum_actor": 5.03256493,
+            "sum_critic": 12.9123729,
+            "sum_critic_target": 12.9093847,
+            "sum_w_net": 1.66313359,
+            "sum_log_alpha": -0.00299999979,
+            "sum_log_alpha_prime": 0.00599999912,
+        },
+        {
+            "qf_loss": 1.30591846,
+            "qf_values": 0.00855739322,
+            "actor_loss": -1.31663322,
+            "alpha": 0.997004509,
+            "alpha_loss": -0.00994037092,
+            "cql_gap": 3.59680462,
+            "density_ratio_loss": 0.000188203529,
+            "density_ratio_online": 1.00341606,
+            "density_ratio_offline": 1.00378716,
+            "priority_mean": 1.00007391,
+            "priority_sum": 8.00059122,
+            "sum_actor": 4.46356113,
+            "sum_critic": 13.9515499,
+            "sum_critic_target": 12.9145955,
+            "sum_w_net": 1.67577329,
+            "sum_log_alpha": -0.00599800283,
+            "sum_log_alpha_prime": 0.0120006348,
+        },
+        {
+            "qf_loss": 2.12069345,
+            "qf_values": 0.0161993764,
+            "actor_loss": -1.29714119,
+            "alpha": 0.994019926,
+            "alpha_loss": -0.0197396409,
+            "cql_gap": 3.59265924,
+            "density_ratio_loss": -0.000348087662,
+            "density_ratio_online": 1.00115991,
+            "density_ratio_offline": 1.00046265,
+            "priority_mean": 1.00015509,
+            "priority_sum": 8.00124097,
+            "sum_actor": 4.41535745,
+            "sum_critic": 15.7614955,
+            "sum_critic_target": 12.92883,
+            "sum_w_net": 1.70671051,
+            "sum_log_alpha": -0.00899467617,
+            "sum_log_alpha_prime": 0.0180015592,
+        },
+    ],
+}
+
+
 # ---------------------------------------------------------------- bad input
 def test_unknown_dataset_fails_cleanly(minari_root, tmp_path):
     proc = run_cli(SCRIPT, "--dataset-id", "o2o/pendulum/nope-v0", "--run-dir", str(tmp_path / "r"),
