@@ -2,6 +2,7 @@
 expectile sign), learning on the small pendulum datasets run as a user would (with negative controls), the paper
 configurations, checkpoints (--save-model, --load-offline), and bad input."""
 
+import inspect
 import math
 
 import numpy as np
@@ -189,6 +190,152 @@ def test_balance_diagnostics_match_hand_computation():
     assert float(d["q_entropy_ratio"]) == pytest.approx(float(d["dq_dbeta"]))
     d = make_agent(balance="fixed").balance_diagnostics(obs)
     assert float(d["beta_mean"]) == pytest.approx(3.0) and float(d["beta_std"]) == 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Recorded values: the update step's outputs at tiny shapes, recorded with the code of commit b61e4b5, so that
+# refactoring and speed work are checked to leave the numbers unchanged (the tolerance allows float summation order
+# to change, across CPUs and between eager and fused kernels)
+# ------------------------------------------------------------------------------------------------
+RECORDED = {
+    "iql-adaptive": {
+        "updates": {
+            "actor_beta_mean": [3.222652, 3.6308584, 4.0764823],
+            "actor_loss": [3.3643494, 7.4782553, 20.3841],
+            "actor_std": [0.9997001, 0.9994254, 0.9991785],
+            "adv_weight": [1.480657, 3.5388114, 10.1818991],
+            "advantage": [-0.3975999, -0.3946733, -0.3917078],
+            "alpha": [0.9997001, 0.9994065, 0.99911],
+            "alpha_loss": [0.776476, 1.3528253, 1.1891513],
+            "balance_beta_mean": [3.2575777, 3.1892867, 2.9627924],
+            "balance_entropy": [0.276476, 0.8532312, 0.6898575],
+            "balance_loss": [-0.0920684, -0.6771302, -0.3861211],
+            "qf1_values": [-0.3093265, -0.3017365, -0.294269],
+            "qf2_values": [0.5763929, 0.5724401, 0.5684934],
+            "qf_loss": [2.2633579, 2.2343867, 2.2059348],
+            "v_values": [0.0912099, 0.0882734, 0.0853847],
+            "value_loss": [0.2663762, 0.263481, 0.2605672],
+        },
+        "diagnostics": {
+            "action_spread": 0.2244671,
+            "alpha": 0.99911,
+            "beta_mean": 3.2833524,
+            "beta_std": 0.8971893,
+            "dq_dbeta": 0.1810388,
+            "q_entropy_ratio": 0.1812001,
+        },
+        "param_sum": 6.772174,
+        "log_alpha": -0.0008904,
+    },
+    "awac-adaptive": {
+        "updates": {
+            "actor_beta_mean": [3.2797925, 2.8417315, 3.6467178],
+            "actor_loss": [3.5357451, 3.6572189, 2.9107761],
+            "actor_std": [0.9997001, 0.9994082, 0.9991388],
+            "adv_weight": [1.4377195, 1.602363, 1.17812],
+            "advantage": [0.0115435, -0.0771339, -0.1078622],
+            "alpha": [0.9997001, 0.9993998, 0.9991015],
+            "alpha_loss": [0.9141447, 0.9996399, 0.8486044],
+            "balance_beta_mean": [3.1022725, 2.0047498, 3.7431786],
+            "balance_entropy": [0.4141447, 0.4999399, 0.3491141],
+            "balance_loss": [-0.3246174, 0.059363, -0.114059],
+            "qf1_values": [-0.4214017, -0.4227124, -0.4232964],
+            "qf2_values": [0.4229066, 0.4160568, 0.4094149],
+            "qf_loss": [2.4549992, 2.7805529, 2.5886147],
+        },
+        "diagnostics": {
+            "action_spread": 0.1830197,
+            "alpha": 0.9991015,
+            "beta_mean": 3.0020397,
+            "beta_std": 0.7089493,
+            "dq_dbeta": 0.1392896,
+            "q_entropy_ratio": 0.1394149,
+        },
+        "param_sum": 1.75794,
+        "log_alpha": -0.0008989,
+    },
+    "iql-fixed": {
+        "updates": {
+            "actor_beta_mean": [3.0, 3.0, 3.0],
+            "actor_loss": [6.0110126, 5.9332151, 5.8577471],
+            "actor_std": [0.9997001, 0.9994001, 0.9991003],
+            "adv_weight": [2.6574638, 2.6329138, 2.608937],
+            "advantage": [-0.3975999, -0.3946733, -0.3917078],
+            "qf1_values": [-0.3093265, -0.3017365, -0.294269],
+            "qf2_values": [0.5763929, 0.5724401, 0.5684934],
+            "qf_loss": [2.2633579, 2.2343867, 2.2059348],
+            "v_values": [0.0912099, 0.0882734, 0.0853847],
+            "value_loss": [0.2663762, 0.263481, 0.2605672],
+        },
+        "diagnostics": {
+            "action_spread": 0.2240473,
+            "alpha": 1.0,
+            "beta_mean": 3.0,
+            "beta_std": 0.0,
+            "dq_dbeta": 0.1381719,
+            "q_entropy_ratio": 0.1381719,
+        },
+        "param_sum": 6.829349,
+        "log_alpha": 0.0,
+    },
+    "awac-fixed": {
+        "updates": {
+            "actor_beta_mean": [1.0, 1.0, 1.0],
+            "actor_loss": [2.5258324, 2.6851096, 3.0802436],
+            "actor_std": [0.9997001, 0.999438, 0.9991692],
+            "adv_weight": [0.9238197, 1.0461942, 1.2681727],
+            "advantage": [-0.0872249, -0.035997, 0.0438182],
+            "qf1_values": [-0.4214017, -0.4218123, -0.4218407],
+            "qf2_values": [0.4229066, 0.4160204, 0.4097205],
+            "qf_loss": [2.3137672, 2.9650376, 3.0393639],
+        },
+        "diagnostics": {
+            "action_spread": 0.1824031,
+            "alpha": 1.0,
+            "beta_mean": 1.0,
+            "beta_std": 0.0,
+            "dq_dbeta": 0.0707829,
+            "q_entropy_ratio": 0.0707829,
+        },
+        "param_sum": 1.760227,
+        "log_alpha": 0.0,
+    },
+}
+
+
+def recorded_run(base: str, balance: str) -> tuple[famo2o.FamO2O, dict[str, torch.Tensor], list[dict]]:
+    """A seeded tiny agent (obs 3, act 2, hidden 16) and a batch of 8 sampled from a seeded buffer (about a quarter
+    of the transitions terminal); three updates: offline, online, online."""
+    obs_dim, act_dim, n = 3, 2, 32
+    g = torch.Generator().manual_seed(7)
+    torch.manual_seed(0)
+    args = famo2o.Args(base=base, balance=balance, hidden_dim=16, batch_size=8)
+    agent = famo2o.FamO2O(obs_dim, act_dim, args, torch.device("cpu"))
+    buffer = famo2o.ReplayBuffer(obs_dim, act_dim, n, torch.device("cpu"))
+    term = (torch.rand(n, generator=g) < 0.25).float()
+    obs, act = torch.randn(n, obs_dim, generator=g), torch.rand(n, act_dim, generator=g) * 2 - 1
+    rew, next_obs = torch.randn(n, generator=g), torch.randn(n, obs_dim, generator=g)
+    buffer.add_batch(obs.numpy(), act.numpy(), rew.numpy(), next_obs.numpy(), term.numpy())
+    batch = buffer.sample(8)
+    stats = {"stats": True} if "stats" in inspect.signature(agent.update).parameters else {}
+    infos = [agent.update(batch, online=online, **stats) for online in (False, True, True)]
+    return agent, batch, infos
+
+
+@pytest.mark.parametrize("case", RECORDED)
+def test_update_matches_recorded_values(case):
+    agent, batch, infos = recorded_run(*case.split("-"))
+    rec = RECORDED[case]
+    approx = dict(rel=1e-4, abs=1e-5)
+    assert sorted(infos[0]) == sorted(rec["updates"]), "the update returns other statistics than recorded"
+    for key, values in rec["updates"].items():
+        assert [float(info[key]) for info in infos] == pytest.approx(values, **approx), key
+    models = (agent.actor, agent.q, agent.q_target, agent.balance, agent.value)
+    param_sum = sum(p.detach().sum() for m in models if m is not None for p in m.parameters())
+    assert float(param_sum) == pytest.approx(rec["param_sum"], **approx)
+    assert float(agent.log_alpha) == pytest.approx(rec["log_alpha"], **approx)
+    diagnostics = {k: float(v) for k, v in agent.balance_diagnostics(batch["obs"]).items()}
+    assert diagnostics == pytest.approx(rec["diagnostics"], **approx)
 
 
 # ------------------------------------------------------------------------------------------------
