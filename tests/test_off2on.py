@@ -19,7 +19,7 @@ SCRIPT = "algorithms/off2on.py"
 def test_vectorized_mlp_equals_per_member_loop():
     torch.manual_seed(0)
     e, d_in, d_out, hidden = 4, 5, 3, 256
-    vec = o.VectorizedMLP(e, d_in, d_out, hidden)
+    vec = o.VectorizedMLP(d_in, d_out, e, hidden)
     x = torch.randn(e, 32, d_in)
     out = vec(x)
     for i in range(e):
@@ -43,12 +43,12 @@ def test_initialisation_follows_rlkit():
     """rlkit's fanin_init reads size[0] of an (out, in) weight: every hidden layer is U(±1/√out_features). Hidden
     biases are 0.1 (official CQL's Mlp) for actors and critics and 0 for the density-ratio net (Off2On's ConcatMlp)."""
     torch.manual_seed(0)
-    for net in (o.CriticEnsemble(3, 5, 2, 64).net, o.ActorEnsemble(3, 7, 2, 64).net, o.density_ratio_net(5, 2, 64)):
+    for net in (o.CriticEnsemble(3, 2, 3, 64).net, o.ActorEnsemble(7, 2, 3, 64).net, o.density_ratio_net(3, 2, 64)):
         for layer in net.hidden:
             bound = 1.0 / math.sqrt(layer.out_features)  # 1/8, whatever the layer's input width (7 or 64)
             assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.95 * bound
         assert net.last.weight.abs().max() <= 3e-3
-    critic, w_net = o.CriticEnsemble(3, 5, 2, 64).net, o.density_ratio_net(5, 2, 64)
+    critic, w_net = o.CriticEnsemble(3, 2, 3, 64).net, o.density_ratio_net(3, 2, 64)
     assert all(torch.all(layer.bias == 0.1) for layer in critic.hidden)
     assert all(torch.all(layer.bias == 0.0) for layer in w_net.hidden) and torch.all(w_net.last.bias == 1.0)
 
@@ -56,7 +56,7 @@ def test_initialisation_follows_rlkit():
 def test_critic_ensemble_layout_and_detach():
     torch.manual_seed(0)
     n = 3
-    critic = o.CriticEnsemble(n, 3, 2, 256)
+    critic = o.CriticEnsemble(3, 2, n, 256)
     obs, act = torch.randn(n, 7, 3), torch.rand(n, 7, 2)
     q = critic(obs, act)
     assert q.shape == (2, n, 7)
@@ -213,19 +213,18 @@ def test_offline_members_clamp_log_std_as_official_cql(monkeypatch):
     torch.manual_seed(0)
     n, b, act_dim = 2, 8, 2
     args = o.Args(ensemble_size=n, batch_size=b, cql_n_actions=1)
-    agent = o.make_agent(args, 3, act_dim, "cpu")
+    agent = o.Off2On(3, act_dim, args, "cpu")
     with torch.no_grad():  # log σ head outputs -10 everywhere
-        agent["actor"].net.last.weight[..., act_dim:] = 0.0
-        agent["actor"].net.last.bias[..., act_dim:] = -10.0
-    opt = torch.optim.Adam(list(agent["actor"].parameters()) + list(agent["critic"].parameters()))
+        agent.actor.net.last.weight[..., act_dim:] = 0.0
+        agent.actor.net.last.bias[..., act_dim:] = -10.0
     seen = []
     real = o.tanh_normal_sample
     monkeypatch.setattr(o, "tanh_normal_sample", lambda mu, std: seen.append(std.detach().clone()) or real(mu, std))
     batch = dict(obs=torch.randn(n, b, 3), act=torch.rand(n, b, act_dim) * 2 - 1, rew=torch.randn(n, b),
                  next_obs=torch.randn(n, b, 3), term=torch.zeros(n, b))  # fmt: skip
-    o.offline_update(args, agent, opt, batch, bc=True)
+    agent.offline_update(batch, bc=True)
     assert seen and all(torch.allclose(s, torch.full_like(s, math.exp(-5.0))) for s in seen)
-    _, log_std = agent["actor"](torch.randn(n, 4, 3))  # the members' default (online) clamp keeps log σ = -10
+    _, log_std = agent.actor(torch.randn(n, 4, 3))  # the members' default (online) clamp keeps log σ = -10
     torch.testing.assert_close(log_std, torch.full_like(log_std, -10.0))
 
 
@@ -235,27 +234,26 @@ def test_update_steps_run_and_move_the_right_parameters(lagrange):
     torch.manual_seed(0)
     n, b = 3, 16
     args = o.Args(ensemble_size=n, batch_size=b, cql_n_actions=3, cql_lagrange=lagrange, online_cql=True)
-    agent = o.make_agent(args, 3, 2, "cpu")
-    params = lambda: [agent["actor"].parameters(), agent["critic"].parameters()]  # noqa: E731
-    opt = torch.optim.Adam([p for group in params() for p in group] + [agent["log_alpha"], agent["log_alpha_prime"]])
+    agent = o.Off2On(3, 2, args, "cpu")
     batch = dict(obs=torch.randn(n, b, 3), act=torch.rand(n, b, 2) * 2 - 1, rew=torch.randn(n, b),
                  next_obs=torch.randn(n, b, 3), term=torch.zeros(n, b))  # fmt: skip
-    target_before = agent["critic_target"].net.last.weight.clone()
+    target_before = agent.critic_target.net.last.weight.clone()
     for bc in (True, False):
-        stats = o.offline_update(args, agent, opt, batch, bc=bc)
+        stats = agent.offline_update(batch, bc=bc)
         assert all(torch.isfinite(v).all() for v in stats.values())
-    assert (agent["log_alpha_prime"].detach() != 0).all() == lagrange  # α' moves only with the Lagrange variant
-    assert not torch.equal(agent["critic_target"].net.last.weight, target_before)  # Polyak update ran
+    assert (agent.log_alpha_prime.detach() != 0).all() == lagrange  # α' moves only with the Lagrange variant
+    assert not torch.equal(agent.critic_target.net.last.weight, target_before)  # Polyak update ran
     # online: a single α, the fused actor, the density-ratio net and priorities in the clamp range
-    agent["log_alpha"] = torch.zeros((), requires_grad=True)
-    agent["w_net"] = o.density_ratio_net(3, 2, 256)
-    opt = torch.optim.Adam([p for group in params() for p in group] + [agent["log_alpha"], agent["log_alpha_prime"]]
-                           + list(agent["w_net"].parameters()))  # fmt: skip
+    agent.start_online()
+    assert agent.log_alpha.shape == () and torch.equal(
+        agent.critic_target.net.last.weight, agent.critic.net.last.weight
+    )
     one = {k: v[0] for k, v in batch.items()}
-    stats, priority = o.online_update(args, agent, opt, one, (one, {k: v[1] for k, v in batch.items()}))
+    stats = agent.online_update(one, (one, {k: v[1] for k, v in batch.items()}))
+    priority = stats.pop("priority")
     assert priority.shape == (b,) and (priority >= 1e-3).all() and (priority <= 1e3).all()
     assert "cql_gap" in stats and all(torch.isfinite(torch.as_tensor(v)).all() for v in stats.values())
-    assert agent["log_alpha"].item() != 0.0
+    assert agent.log_alpha.item() != 0.0
 
 
 # ---------------------------------------------------------------- recorded values: behaviour kept through refactors
@@ -282,12 +280,12 @@ def _fixed_batch(shape: tuple, seed: int) -> dict[str, torch.Tensor]:
     return dict(obs=obs, act=act, rew=rew, next_obs=next_obs, term=term)
 
 
-def _param_sums(agent) -> dict[str, float]:
+def _param_sums(agent: o.Off2On) -> dict[str, float]:
+    nets = dict(actor=agent.actor, critic=agent.critic, critic_target=agent.critic_target, w_net=agent.w_net)
     with torch.no_grad():
-        sums = {f"sum_{k}": float(sum(p.double().sum() for p in agent[k].parameters()))
-                for k in ("actor", "critic", "critic_target", "w_net") if k in agent}  # fmt: skip
-        sums["sum_log_alpha"] = float(agent["log_alpha"].double().sum())
-        sums["sum_log_alpha_prime"] = float(agent["log_alpha_prime"].double().sum())
+        sums = {f"sum_{k}": float(sum(p.double().sum() for p in net.parameters())) for k, net in nets.items() if net}
+        sums["sum_log_alpha"] = float(agent.log_alpha.double().sum())
+        sums["sum_log_alpha_prime"] = float(agent.log_alpha_prime.double().sum())
     return sums
 
 
@@ -295,16 +293,10 @@ def _recorded_offline_run(lagrange: bool) -> list[dict]:
     """One BC warm-up step then two CQL steps, each on its own fixed (N, B, ·) batch."""
     args = _recorded_args(cql_lagrange=lagrange)
     torch.manual_seed(0)
-    agent = o.make_agent(args, REC_OBS, REC_ACT, "cpu")
-    opt = torch.optim.Adam([
-        dict(params=agent["actor"].parameters(), lr=args.offline_policy_lr),
-        dict(params=[agent["log_alpha"]], lr=args.offline_policy_lr),
-        dict(params=agent["critic"].parameters(), lr=args.q_lr),
-        dict(params=[agent["log_alpha_prime"]], lr=args.q_lr),
-    ])  # fmt: skip
+    agent = o.Off2On(REC_OBS, REC_ACT, args, "cpu")
     out = []
     for i, bc in enumerate((True, False, False)):
-        stats = o.offline_update(args, agent, opt, _fixed_batch((REC_N, REC_BATCH), seed=i), bc=bc)
+        stats = agent.offline_update(_fixed_batch((REC_N, REC_BATCH), seed=i), bc=bc)
         out.append({**{k: float(v) for k, v in stats.items()}, **_param_sums(agent)})
     return out
 
@@ -315,24 +307,15 @@ def _recorded_online_run(variant: str) -> list[dict]:
     flags = dict(online_cql=True, cql_lagrange=True) if variant == "online-cql-lagrange" else {}
     args = _recorded_args(**flags)
     torch.manual_seed(0)
-    agent = o.make_agent(args, REC_OBS, REC_ACT, "cpu")
-    agent["log_alpha"] = torch.zeros((), requires_grad=True)
-    agent["log_alpha_prime"] = torch.zeros(REC_N, requires_grad=True)
-    agent["w_net"] = o.density_ratio_net(REC_OBS, REC_ACT, REC_HIDDEN)
-    opt = torch.optim.Adam([
-        dict(params=agent["actor"].parameters(), lr=args.policy_lr),
-        dict(params=[agent["log_alpha"]], lr=args.policy_lr),
-        dict(params=agent["critic"].parameters(), lr=args.q_lr),
-        dict(params=[agent["log_alpha_prime"]], lr=args.q_lr),
-        dict(params=agent["w_net"].parameters(), lr=args.weight_net_lr),
-    ])  # fmt: skip
-    agent["critic_target"].load_state_dict(agent["critic"].state_dict())
+    agent = o.Off2On(REC_OBS, REC_ACT, args, "cpu")
+    agent.start_online()
     out = []
     for i in range(3):
         w_batches = (
             None if variant == "uniform" else (_fixed_batch((REC_BATCH,), 10 + i), _fixed_batch((REC_BATCH,), 20 + i))
         )
-        stats, priority = o.online_update(args, agent, opt, _fixed_batch((REC_BATCH,), seed=i), w_batches)
+        stats = agent.online_update(_fixed_batch((REC_BATCH,), seed=i), w_batches)
+        priority = stats.pop("priority", None)
         stats = {k: float(v) for k, v in stats.items()}
         if priority is not None:
             stats["priority_sum"] = float(priority.double().sum())
@@ -732,59 +715,55 @@ def test_online_evaluations_and_diagnostics(minari_root, tmp_path):
         assert [e.step for e in tb.Scalars(f"online/replay/{k}")][-1] == 30, k
 
 
-def _tiny_agent_and_batches(device, n=2, b=16, obs_dim=3, act_dim=2):
-    args = o.Args(ensemble_size=n, batch_size=b, cql_n_actions=2, weight_net_batch_size=b)
-    agent = o.make_agent(args, obs_dim, act_dim, device)
-    agent["w_net"] = o.density_ratio_net(obs_dim, act_dim, 64).to(device)
-    agent["log_alpha_online"] = torch.zeros((), device=device, requires_grad=True)  # online: one α
-    params = [*agent["actor"].parameters(), *agent["critic"].parameters(), *agent["w_net"].parameters(),
-              agent["log_alpha"], agent["log_alpha_online"], agent["log_alpha_prime"]]  # fmt: skip
-    opt = torch.optim.Adam(params, lr=1e-4)
+def _tiny_agents_and_storage(device, online_flags: dict, n=2, b=16, obs_dim=3, act_dim=2):
+    """An offline agent, an online agent (after `start_online`, with `online_flags`), a storage of 200 offline and
+    50 online rows, and a sampler over them."""
+    args = o.Args(ensemble_size=n, batch_size=b, cql_n_actions=2, weight_net_batch_size=b, hidden_dim=64)
+    offline_agent = o.Off2On(obs_dim, act_dim, args, device)
+    online_agent = o.Off2On(obs_dim, act_dim, o.Args(**{**vars(args), **online_flags}), device)
+    online_agent.start_online()
     data = dict(observations=torch.randn(200, obs_dim).numpy(), actions=(torch.rand(200, act_dim) * 2 - 1).numpy(),
                 rewards=torch.randn(200).numpy(), next_observations=torch.randn(200, obs_dim).numpy(),
                 terminals=torch.zeros(200).numpy())  # fmt: skip
     storage = o.ReplayStorage(data, 300, [1.0] * act_dim, [0.0] * act_dim, device)
-    storage.add(*(v[:50] for v in (data["observations"], data["actions"], data["rewards"],
-                                   data["next_observations"], data["terminals"])))  # fmt: skip
+    online_rows = (data[k][:50] for k in ("observations", "actions", "rewards", "next_observations", "terminals"))
+    storage.add(*online_rows)
     sampler = o.ProportionalSampler(300, device)
     sampler.add(250)
-    return args, agent, opt, storage, sampler
+    return offline_agent, online_agent, storage, sampler
 
 
-def _hot_loop_step(args, agent, opt, storage, sampler, online_args):
-    """One offline and one online (balanced) step exactly as main's loops run them; returns what they return."""
-    n, b = args.ensemble_size, args.batch_size
-    offline_stats = o.offline_update(args, agent, opt, storage.get(storage.offline_indices((n, b))), bc=False)
-    bc_stats = o.offline_update(args, agent, opt, storage.get(storage.offline_indices((n, b))), bc=True)
+def _hot_loop_step(offline_agent, online_agent, storage, sampler):
+    """One offline, one BC and one online (balanced) step exactly as main's loops run them; returns their stats."""
+    n, b = offline_agent.args.ensemble_size, offline_agent.args.batch_size
+    offline_stats = offline_agent.offline_update(storage.get(storage.offline_indices((n, b))), bc=False)
+    bc_stats = offline_agent.offline_update(storage.get(storage.offline_indices((n, b))), bc=True)
     idx = sampler.sample(b)
     w_batches = (storage.get(storage.online_indices(b, 100)), storage.get(storage.offline_indices((b,))))
-    online_agent = {**agent, "log_alpha": agent["log_alpha_online"]}
-    online_stats, priority = o.online_update(online_args, online_agent, opt, storage.get(idx), w_batches)
-    sampler.update(idx, priority)
-    return offline_stats, bc_stats, online_stats, priority
+    online_stats = online_agent.online_update(storage.get(idx), w_batches)
+    sampler.update(idx, online_stats["priority"])
+    return offline_stats, bc_stats, online_stats
 
 
 def test_update_functions_return_tensors_not_floats():
     """The hot loops reduce statistics to floats only when they log: every update returns device tensors."""
     torch.manual_seed(0)
-    args, agent, opt, storage, sampler = _tiny_agent_and_batches("cpu")
-    online_args = o.Args(**{**vars(args), "online_cql": True, "cql_lagrange": True})
-    for stats in _hot_loop_step(args, agent, opt, storage, sampler, online_args)[:3]:
+    agents_and_storage = _tiny_agents_and_storage("cpu", dict(online_cql=True, cql_lagrange=True))
+    for stats in _hot_loop_step(*agents_and_storage):
         assert stats and all(isinstance(v, torch.Tensor) and not v.requires_grad for v in stats.values()), stats
-    assert isinstance(sampler.max_p, torch.Tensor)
+    assert isinstance(agents_and_storage[-1].max_p, torch.Tensor)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_hot_loops_never_synchronise_the_gpu():
     torch.manual_seed(0)
-    args, agent, opt, storage, sampler = _tiny_agent_and_batches(torch.device("cuda"))
-    online_args = o.Args(**{**vars(args), "online_cql": True})
-    _hot_loop_step(args, agent, opt, storage, sampler, online_args)  # warm-up: lazy optimizer state
+    agents_and_storage = _tiny_agents_and_storage(torch.device("cuda"), dict(online_cql=True))
+    _hot_loop_step(*agents_and_storage)  # warm-up: lazy optimizer state
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(3):
-            _hot_loop_step(args, agent, opt, storage, sampler, online_args)
+            _hot_loop_step(*agents_and_storage)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
