@@ -76,7 +76,7 @@ Deviations from the paper / official code (and choices where neither says):
 - GPU: no host synchronisation in the update step (closed-form Gaussian log-densities instead of
   torch.distributions, whose argument checks sync; minibatch indices drawn on the device; statistics returned as
   detached tensors and converted only on logging steps); acting copies one tensor to the host per env step.
-- Online masks: only `terminated` cuts the bootstrap (gymnasium's flags replace the old `TimeLimit.truncated` key).
+- Online terminals: only `terminated` cuts the bootstrap (gymnasium's flags replace the old `TimeLimit.truncated` key).
 - The balance model and the temperature are updated with `loss.backward(inputs=balance params)`: gradients flow
   through the universal actor's input and the target critic, whose parameters are never touched (same result as
   JAX's functional update with frozen parameters).
@@ -84,7 +84,7 @@ Deviations from the paper / official code (and choices where neither says):
 - Buffer: one array of capacity min(--buffer-size, dataset + online steps), offline data first, online transitions
   appended, uniform sampling, FIFO overwrite if ever full (as the CQL code; the IQL code never fills its buffer).
 - AWAC base (`--base awac`; the paper reports it but its code was never released). Choices:
-  * critic: twin Q, target y = r + γ·mask·min Q_targ(s', a'), a' ~ π_u(·| s', enc(β')) with β' the balance model's
+  * critic: twin Q, target y = r + γ·(1 − term)·min Q_targ(s', a'), a' ~ π_u(·| s', enc(β')) with β' the balance model's
     mode at s' (the β the agent would act with there; the fixed β in the ablation), a' clipped to [-1, 1];
   * advantage A = min Q_targ(s, a) − min Q_targ(s, ã), ã ~ π_u(·| s, enc(β_j)) clipped to [-1, 1] like a′ (one
     sample, as rlkit's AWAC, but with the target critic, like the IQL variant and the balance loss; rlkit uses the
@@ -105,6 +105,7 @@ Deviations from the paper / official code (and choices where neither says):
   not saved, so the online phase after a load is a different sample from the one after training in the same run.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -113,7 +114,7 @@ import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 import gymnasium as gym
 import minari
@@ -123,12 +124,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 from torch.utils.tensorboard import SummaryWriter
-
-BASES = ("iql", "awac")
-DEFAULT_FIXED_BETA = dict(iql=3.0, awac=1.0)  # plain IQL's locomotion β = 3; AWAC's λ = 1 (CORL's awac_lambda)
-BALANCES = ("adaptive", "fixed")
-WEIGHT_MODES = ("per_sample", "batch_mean")
-REWARD_SCALE_MODES = ("none", "locomotion", "goal")
 
 
 @dataclass
@@ -177,9 +172,9 @@ class Args:
     batch_size: int = 256
     """minibatch size"""
     # ---- FamO2O ----
-    base: str = "iql"
+    base: Literal["iql", "awac"] = "iql"
     """base algorithm: `iql` (twin Q + expectile V + AWR, the released code) or `awac` (paper only, see header)"""
-    balance: str = "adaptive"
+    balance: Literal["adaptive", "fixed"] = "adaptive"
     """`adaptive`: FamO2O's balance model picks β per state; `fixed`: one β (`--fixed-beta`), the base alone"""
     beta_lo: float = 1.0
     """lower end of the balance coefficient range [β_lo, β_hi] (AWR inverse temperature; AntMaze used [8, 14])"""
@@ -188,7 +183,7 @@ class Args:
     fixed_beta: Optional[float] = None
     """the single β of `--balance fixed`; default by base: 3 for IQL (plain IQL's locomotion inverse temperature),
     1 for AWAC (AWAC's usual λ = 1, i.e. exp(A/λ) with β = 1/λ)"""
-    weight_mode: str = "per_sample"
+    weight_mode: Literal["per_sample", "batch_mean"] = "per_sample"
     """`per_sample`: min(exp(β_j A_j), 100) (the paper); `batch_mean`: mean_i min(exp(β_i A_j), 100) (official code).
     With batch_mean a sample's weight does not depend on its own β_j, so the universal model cannot learn different
     policies for different β and the balance model has nothing to adapt to (a warning is printed with adaptive β)"""
@@ -218,13 +213,679 @@ class Args:
     """width of the two hidden layers of every network"""
     buffer_size: int = 2_000_000
     """replay capacity (offline data first, online transitions appended)"""
-    reward_scale_mode: str = "locomotion"
+    reward_scale_mode: Literal["locomotion", "goal", "none"] = "locomotion"
     """`locomotion`: r·1000/(max−min dataset episode return); `goal`: r − 1 (AntMaze); `none`: raw rewards"""
     log_freq: int = 1_000
     """log losses and the β distribution every this many gradient steps"""
+    compile: bool = False
+    """torch.compile the update step (on CUDA with CUDA graphs, mode="reduce-overhead"); same results within float
+    rounding, a one-off compilation cost at the first updates"""
 
 
 # ----------------------------------------------------------------------------------------------
+# ALGO LOGIC: networks. Every Linear: orthogonal init with gain √2, zero bias (as the official flax code).
+# ----------------------------------------------------------------------------------------------
+def encode_beta(beta: torch.Tensor, n: float = 10_000.0, d: int = 6) -> torch.Tensor:
+    """enc(β): β [...] -> [..., d], interleaved sin/cos of β / n^(2i/d), i = 0..d/2−1 (divisors 1, ≈21.5, ≈464 for
+    d = 6). Applied to the mapped β (e.g. in [1, 5]); the network never sees the raw β."""
+    divisors = n ** (torch.arange(0, d, 2, dtype=beta.dtype, device=beta.device) / d)
+    angles = beta.unsqueeze(-1) / divisors  # [..., d/2]
+    return torch.stack([torch.sin(angles), torch.cos(angles)], dim=-1).flatten(-2)
+
+
+def orthogonal_init(module: nn.Module, gain: float = math.sqrt(2)):
+    if isinstance(module, nn.Linear):
+        nn.init.orthogonal_(module.weight, gain)
+        nn.init.zeros_(module.bias)
+
+
+def mlp(in_dim: int, out_dim: int, hidden: int) -> nn.Sequential:
+    net = nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_dim)
+    )
+    net.apply(orthogonal_init)
+    return net
+
+
+class VectorizedLinear(nn.Module):
+    """n independent Linear layers as one batched matmul: x [n, B, in] -> [n, B, out]; weights stacked (n, in, out)."""
+
+    def __init__(self, in_features: int, out_features: int, n: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n, in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(n, 1, out_features))
+        for w in self.weight:  # init only, not a hot path
+            nn.init.orthogonal_(w, math.sqrt(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class TwinQ(nn.Module):
+    """Q_1, Q_2 (s, a) as one vectorized ensemble; returns [2, B]."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int, n: int = 2):
+        super().__init__()
+        self.n = n
+        self.net = nn.Sequential(
+            VectorizedLinear(obs_dim + act_dim, hidden, n),
+            nn.ReLU(),
+            VectorizedLinear(hidden, hidden, n),
+            nn.ReLU(),
+            VectorizedLinear(hidden, 1, n),
+        )
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, act], -1).unsqueeze(0).expand(self.n, -1, -1)
+        return self.net(x).squeeze(-1)
+
+
+class ValueNet(nn.Module):
+    """V(s) -> [B] (IQL)."""
+
+    def __init__(self, obs_dim: int, hidden: int):
+        super().__init__()
+        self.net = mlp(obs_dim, 1, hidden)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).squeeze(-1)
+
+
+class UniversalActor(nn.Module):
+    """π_u(a | s, β): Gaussian N(tanh(f(s, enc(β))), σ) with a state-independent log σ clipped to [−5, 2].
+    The tanh is on the mean only (no squashed distribution), so dataset actions need no atanh."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int):
+        super().__init__()
+        self.net = mlp(obs_dim + 6, act_dim, hidden)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+
+    def forward(self, obs: torch.Tensor, beta_code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.tanh(self.net(torch.cat([obs, beta_code], -1)))
+        return mean, self.log_std.clamp(-5.0, 2.0).exp().expand_as(mean)
+
+    def log_prob(self, obs: torch.Tensor, beta_code: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """Diagonal Gaussian log-density in closed form (torch.distributions.Normal validates its arguments,
+        which synchronizes a GPU on every call)."""
+        mean, std = self(obs, beta_code)
+        return gaussian_log_prob((act - mean) / std, std.log()).sum(-1)
+
+    def rsample(self, obs: torch.Tensor, beta_code: torch.Tensor) -> torch.Tensor:
+        mean, std = self(obs, beta_code)
+        return mean + std * torch.randn_like(mean)
+
+
+def gaussian_log_prob(eps: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log N(x; μ, σ) from the standardized ε = (x − μ)/σ and log σ, element-wise."""
+    return -0.5 * eps.pow(2) - log_std - 0.5 * math.log(2.0 * math.pi)
+
+
+def tanh_log_det(u: torch.Tensor) -> torch.Tensor:
+    """log(1 − tanh(u)²) = 2·(log 2 − u − softplus(−2u)), finite for any u (no atanh of z)."""
+    return 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
+
+
+class BalanceModel(nn.Module):
+    """π_b(β | s): u ~ N(μ_b(s), σ_b) with a state-independent log σ_b clipped to [−10, 2], z = tanh(u) and
+    β = β_lo + (z + 1)/2 · (β_hi − β_lo)."""
+
+    def __init__(self, obs_dim: int, hidden: int, beta_lo: float, beta_hi: float):
+        super().__init__()
+        self.net = mlp(obs_dim, 1, hidden)
+        self.log_std = nn.Parameter(torch.zeros(1))
+        self.beta_lo, self.beta_hi = beta_lo, beta_hi
+
+    def to_beta(self, z: torch.Tensor) -> torch.Tensor:
+        return self.beta_lo + (z + 1.0) / 2.0 * (self.beta_hi - self.beta_lo)
+
+    def rsample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterized β [B] and log π_b(z | s) [B] of the squashed z (tanh Jacobian included; the affine map
+        to β only shifts the log-density by a constant and is left out, as in the official code)."""
+        mu = self.net(obs).squeeze(-1)
+        log_std = self.log_std.clamp(-10.0, 2.0)
+        eps = torch.randn_like(mu)
+        u = mu + log_std.exp() * eps
+        logp = gaussian_log_prob(eps, log_std) - tanh_log_det(u)
+        return self.to_beta(torch.tanh(u)), logp
+
+    def mode(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.to_beta(torch.tanh(self.net(obs).squeeze(-1)))
+
+
+# ----------------------------------------------------------------------------------------------
+# ALGO LOGIC: replay buffer. Offline data first, online transitions appended, uniform sampling
+# ----------------------------------------------------------------------------------------------
+class ReplayBuffer:
+    """Transitions on the device; `sample` returns rewards as reward_scale·r + reward_shift (`--reward-scale-mode`,
+    applied at sampling time to offline and online transitions alike)."""
+
+    def __init__(
+        self, obs_dim: int, act_dim: int, capacity: int, device: torch.device, reward_scale=1.0, reward_shift=0.0
+    ):
+        self.capacity, self.device, self.size, self.ptr = capacity, device, 0, 0
+        self.reward_scale, self.reward_shift = reward_scale, reward_shift
+        self.obs = torch.zeros(capacity, obs_dim, device=device)
+        self.next_obs = torch.zeros(capacity, obs_dim, device=device)
+        self.act = torch.zeros(capacity, act_dim, device=device)
+        self.rew = torch.zeros(capacity, device=device)
+        self.term = torch.zeros(capacity, device=device)
+
+    def add_batch(self, obs, act, rew, next_obs, term):
+        """Host arrays of n transitions (the dataset); `term` is 1.0 where the episode terminated."""
+        n = len(obs)
+        idx = (self.ptr + np.arange(n)) % self.capacity
+        t = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32, device=self.device)  # noqa: E731
+        self.obs[idx], self.act[idx], self.rew[idx] = t(obs), t(act), t(rew)
+        self.next_obs[idx], self.term[idx] = t(next_obs), t(term)
+        self.ptr = (self.ptr + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def add(self, obs: torch.Tensor, act: torch.Tensor, rew: torch.Tensor, next_obs: torch.Tensor, term: torch.Tensor):
+        """One online transition already on the device (no host round trip)."""
+        i = self.ptr
+        self.obs[i], self.act[i], self.rew[i], self.next_obs[i], self.term[i] = obs, act, rew, next_obs, term
+        self.ptr = (self.ptr + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
+        idx = torch.randint(0, self.size, (batch_size,), device=self.device)
+        rew = self.rew[idx] * self.reward_scale + self.reward_shift
+        return dict(obs=self.obs[idx], act=self.act[idx], rew=rew, next_obs=self.next_obs[idx], term=self.term[idx])
+
+
+# ----------------------------------------------------------------------------------------------
+# ALGO LOGIC: losses and the update step
+# ----------------------------------------------------------------------------------------------
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """mean |τ − 1(u < 0)|·u² with u = Q − V: positive errors (V below Q) weigh τ, so V tracks an upper expectile."""
+    weight = torch.where(diff > 0, expectile, 1.0 - expectile)
+    return (weight * diff.pow(2)).mean()
+
+
+def advantage_weights(beta: torch.Tensor, adv: torch.Tensor, mode: str, clip: float = 100.0) -> torch.Tensor:
+    """AWR weights [B] from β [B] and A [B].
+    per_sample: w_j = min(exp(β_j A_j), clip) (the paper). batch_mean: w_j = (1/B) Σ_i min(exp(β_i A_j), clip),
+    what the official code's [B, 1] × [B] broadcast computes. exp is taken after the clip on the exponent, so large
+    advantages never overflow."""
+    assert beta.dim() == 1 and adv.dim() == 1, "keep β and A as [B] so broadcasting cannot choose silently"
+    log_clip = math.log(clip)
+    if mode == "per_sample":
+        return torch.exp((beta * adv).clamp(max=log_clip))
+    if mode == "batch_mean":
+        return torch.exp((beta[:, None] * adv[None, :]).clamp(max=log_clip)).mean(0)
+    raise ValueError(f"unknown weight mode {mode!r}")
+
+
+@torch.no_grad()
+def soft_update(target: nn.Module, source: nn.Module, tau: float):
+    """Polyak averaging θ' ← (1 − τ)·θ' + τ·θ over all parameters, in one fused call."""
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+DEFAULT_FIXED_BETA = dict(iql=3.0, awac=1.0)  # plain IQL's locomotion β = 3; AWAC's λ = 1 (CORL's awac_lambda)
+
+
+def resolve_fixed_beta(args: Args) -> float:
+    """The β of `--balance fixed`: `--fixed-beta`, or the base's default (IQL 3, AWAC 1) when it is not given."""
+    return DEFAULT_FIXED_BETA[args.base] if args.fixed_beta is None else float(args.fixed_beta)
+
+
+class FamO2O:
+    """All models, optimizers and the gradient step. Models read start-of-step parameters unless stated."""
+
+    def __init__(self, obs_dim: int, act_dim: int, args: Args, device: torch.device):
+        self.args, self.device = args, device
+        h = args.hidden_dim
+        self.actor = UniversalActor(obs_dim, act_dim, h).to(device)
+        self.q = TwinQ(obs_dim, act_dim, h).to(device)
+        self.q_target = TwinQ(obs_dim, act_dim, h).to(device)
+        self.q_target.load_state_dict(self.q.state_dict())
+        self.q_target.requires_grad_(False)
+        self.value = ValueNet(obs_dim, h).to(device) if args.base == "iql" else None
+        self.balance = BalanceModel(obs_dim, h, args.beta_lo, args.beta_hi).to(device)
+        self.log_alpha = torch.tensor([math.log(args.init_alpha)], device=device, requires_grad=True)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr)
+        self.q_opt = torch.optim.Adam(self.q.parameters(), lr=args.critic_lr)
+        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=args.value_lr) if self.value else None
+        self.balance_opt = torch.optim.Adam(self.balance.parameters(), lr=args.balance_lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=args.alpha_lr)
+        self.adaptive = args.balance == "adaptive"
+
+    def checkpoint(self) -> dict:
+        """Every model, optimiser state and log α: what training needs to carry on exactly (the official code keeps
+        its models and Adam states across the phase switch)."""
+        opts = ("actor_opt", "q_opt", "value_opt", "balance_opt", "alpha_opt")
+        return dict(
+            actor=self.actor.state_dict(),
+            balance=self.balance.state_dict(),
+            q=self.q.state_dict(),
+            q_target=self.q_target.state_dict(),
+            value=self.value.state_dict() if self.value else None,
+            log_alpha=self.log_alpha.detach().cpu(),
+            **{k: getattr(self, k).state_dict() if getattr(self, k) else None for k in opts},
+        )
+
+    def load_checkpoint(self, ckpt: dict):
+        """Inverse of `checkpoint` (onto this agent's device)."""
+        for k in ("actor", "balance", "q", "q_target", "value"):
+            if getattr(self, k) is not None:
+                getattr(self, k).load_state_dict(ckpt[k])
+        for k in ("actor_opt", "q_opt", "value_opt", "balance_opt", "alpha_opt"):
+            if getattr(self, k) is not None:
+                getattr(self, k).load_state_dict(ckpt[k])
+        with torch.no_grad():
+            self.log_alpha.copy_(ckpt["log_alpha"])
+
+    # -- β helpers --
+    def fixed_beta(self, n: int) -> torch.Tensor:
+        return torch.full((n,), resolve_fixed_beta(self.args), device=self.device)
+
+    @torch.no_grad()
+    def acting_beta(self, obs: torch.Tensor) -> torch.Tensor:
+        """β the agent acts with: the balance model's mode (or the fixed β)."""
+        return self.balance.mode(obs) if self.adaptive else self.fixed_beta(len(obs))
+
+    @torch.no_grad()
+    def sample_action(self, obs: torch.Tensor, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """For one observation [1, obs_dim] on the device: the action in [-1, 1] [act_dim] (π_u's mean, or a sample
+        of it, at the acting β) and that β [1], both left on the device."""
+        beta = self.acting_beta(obs)
+        mean, std = self.actor(obs, encode_beta(beta))
+        a = mean if deterministic else mean + std * torch.randn_like(mean)
+        return a.clamp(-1.0, 1.0)[0], beta
+
+    def act(self, obs: np.ndarray, deterministic: bool) -> tuple[np.ndarray, float]:
+        """Action in [-1, 1] and the β used, for one host observation."""
+        o = torch.as_tensor(obs, dtype=torch.float32, device=self.device).reshape(1, -1)
+        out = torch.cat(self.sample_action(o, deterministic)).cpu().numpy()  # one device -> host copy per env step
+        return out[:-1], float(out[-1])
+
+    def balance_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """SAC-style loss of π_b over its 1-d action β: mean[α·log π_b(z|s) − min Q_targ(s, ã)], with ã the universal
+        actor's reparameterized action at (s, enc(β)). The graph runs through the actor's input and the target Q;
+        the caller restricts backward to the balance parameters."""
+        beta, logp = self.balance.rsample(obs)
+        a = self.actor.rsample(obs, encode_beta(beta))
+        q = self.q_target(obs, a).min(0).values
+        alpha = self.log_alpha.exp().detach()
+        return (alpha * logp - q).mean(), logp.detach(), beta.detach()
+
+    def balance_diagnostics(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Can the balance model move? Measured at the β the agent acts with (π_b's mode, or the fixed β) on `obs`:
+        - beta_mean, beta_std: mean and spread (std across the states) of that β;
+        - dq_dbeta: mean over states of |d min Q_targ(s, μ_u(s, enc(β))) / dβ|, the critic's pull on β (the signal
+          the balance loss follows; μ_u is the universal model's mean action, whose gradient equals the sample's);
+        - action_spread: mean over states and action dims of |μ_u(s, β_hi) − μ_u(s, β_lo)|, how much the universal
+          model's action depends on β at all (0: every β gives the same action, nothing to choose);
+        - q_entropy_ratio: mean of |dQ/dβ|·(β_hi − β_lo)/(4α). In u (pre-tanh) the balance loss's entropy term pulls
+          towards the middle of the range with 2α·tanh(u) and the critic with dQ/dβ·(β_hi − β_lo)/2·(1 − tanh²u);
+          their balance puts z = tanh(u) ≈ this ratio while it is small, so ≪ 1 means β stays near the middle;
+        - alpha: the entropy temperature α.
+        Logging-step only (not in the hot loop). Returns detached 0-d tensors."""
+        beta = self.acting_beta(obs).clone().requires_grad_(True)
+        with torch.enable_grad():
+            mean, _ = self.actor(obs, encode_beta(beta))
+            q = self.q_target(obs, mean).min(0).values
+            (dq,) = torch.autograd.grad(q.sum(), beta)  # per-state derivative: state i only sees its own β_i
+        with torch.no_grad():
+            ends = [torch.full((len(obs),), b, device=self.device) for b in (self.args.beta_lo, self.args.beta_hi)]
+            lo, hi = (self.actor(obs, encode_beta(b))[0] for b in ends)
+            alpha = self.log_alpha.exp()[0]
+            return dict(
+                beta_mean=beta.detach().mean(),
+                beta_std=beta.detach().std(unbiased=False),
+                dq_dbeta=dq.abs().mean(),
+                action_spread=(hi - lo).abs().mean(),
+                q_entropy_ratio=(dq.abs() * (self.args.beta_hi - self.args.beta_lo) / (4.0 * alpha)).mean(),
+                alpha=alpha,
+            )
+
+    def update(self, batch: dict[str, torch.Tensor], online: bool, stats: bool = False) -> dict[str, torch.Tensor]:
+        """One gradient step: V → balance → α → universal actor → Q → Polyak. Returns the losses, and with `stats`
+        (the loop's logging steps) the statistics logged beside them, as detached tensors (no device sync here; the
+        caller converts them when it logs)."""
+        args, info = self.args, {}
+        obs, act, rew, next_obs, term = batch["obs"], batch["act"], batch["rew"], batch["next_obs"], batch["term"]
+        batch_size = len(obs)
+        with torch.no_grad():
+            q_targ = self.q_target(obs, act).min(0).values  # min(Q1_targ, Q2_targ)(s, a)
+            # β for the universal-actor loss, drawn with start-of-step parameters (before the balance step)
+            if not self.adaptive:
+                beta = self.fixed_beta(batch_size)
+            elif online:
+                beta = self.balance.rsample(obs)[0]
+            else:
+                beta = args.beta_lo + (args.beta_hi - args.beta_lo) * torch.rand(batch_size, device=self.device)
+            if args.base == "awac":  # next action for the TD target, from start-of-step actor and balance model
+                next_beta = self.acting_beta(next_obs)
+                next_act = self.actor.rsample(next_obs, encode_beta(next_beta)).clamp(-1.0, 1.0)
+                next_v = self.q_target(next_obs, next_act).min(0).values
+                # ã is clipped to the action box like a′ (and like the actions the agent executes)
+                base_act = self.actor.rsample(obs, encode_beta(beta)).clamp(-1.0, 1.0)
+                baseline = self.q_target(obs, base_act).min(0).values
+                adv = q_targ - baseline
+
+        # 1) V by expectile regression (IQL)
+        if args.base == "iql":
+            v = self.value(obs)
+            value_loss = expectile_loss(q_targ - v, args.expectile)
+            self.value_opt.zero_grad(set_to_none=True)
+            value_loss.backward()
+            self.value_opt.step()
+            with torch.no_grad():  # V_new feeds both the advantage and the Q target
+                v_new = self.value(obs)
+                adv = q_targ - v_new
+                next_v = self.value(next_obs)
+            info["value_loss"] = value_loss.detach()
+            if stats:
+                info["v_values"] = v.mean().detach()
+
+        # 2) balance model, 3) temperature α (with the α and log-probs of step 2)
+        if self.adaptive:
+            b_loss, logp, b_beta = self.balance_loss(obs)
+            self.balance_opt.zero_grad(set_to_none=True)
+            b_loss.backward(inputs=list(self.balance.parameters()))
+            self.balance_opt.step()
+            entropy = -logp.mean()
+            alpha_loss = self.log_alpha.exp() * (entropy - args.target_entropy)
+            self.alpha_opt.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_opt.step()
+            info.update(balance_loss=b_loss.detach(), alpha_loss=alpha_loss.detach())
+            if stats:
+                info.update(
+                    balance_entropy=entropy.detach(),
+                    alpha=self.log_alpha.exp().detach(),
+                    balance_beta_mean=b_beta.mean().detach(),
+                )
+
+        # 4) universal actor: advantage-weighted regression on dataset actions, conditioned on enc(β_j)
+        weights = advantage_weights(beta, adv, args.weight_mode, args.weight_clip)
+        log_prob = self.actor.log_prob(obs, encode_beta(beta), act)
+        actor_loss = -(weights * log_prob).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_opt.step()
+
+        # 5) twin Q towards r + γ·(1 − term)·V_new(s') (IQL) or r + γ·(1 − term)·min Q_targ(s', a') (AWAC)
+        y = rew + args.gamma * (1 - term) * next_v
+        q = self.q(obs, act)
+        q_loss = (q - y.unsqueeze(0)).pow(2).sum(0).mean()
+        self.q_opt.zero_grad(set_to_none=True)
+        q_loss.backward()
+        self.q_opt.step()
+
+        # 6) Polyak
+        soft_update(self.q_target, self.q, args.tau)
+
+        info.update(actor_loss=actor_loss.detach(), qf_loss=q_loss.detach())
+        if stats:
+            info.update(
+                qf1_values=q[0].mean().detach(),
+                qf2_values=q[1].mean().detach(),
+                advantage=adv.mean().detach(),
+                adv_weight=weights.mean().detach(),
+                actor_beta_mean=beta.mean().detach(),
+                actor_std=self.actor.log_std.clamp(-5, 2).exp().mean().detach(),
+            )
+        return info
+
+
+# ----------------------------------------------------------------------------------------------
+# ALGO LOGIC: main. The offline loop (β uniform for the actor), then the online loop (β from π_b)
+# ----------------------------------------------------------------------------------------------
+def main(args: Args) -> dict:
+    validate(args)
+    args = replace(args, fixed_beta=resolve_fixed_beta(args))  # record the β actually used in summary.json
+    try:  # load data BEFORE creating the run dir, so bad input leaves nothing behind
+        dataset = load_minari_dataset(args.dataset_id, args.download)
+        data = dataset_to_transitions(dataset)
+        eval_env = make_eval_env(dataset)
+        r_scale, r_shift = reward_transform(data, args.reward_scale_mode)
+        env_id = eval_env.spec.id if eval_env.spec else str(dataset.spec.env_spec)
+        meta = offline_meta(args, env_id, data["observations"].shape[1], data["actions"].shape[1])
+        ckpt = load_offline_checkpoint(args.load_offline, meta) if args.load_offline else None
+    except DatasetError as e:
+        fail(str(e))
+    if not isinstance(dataset.action_space, gym.spaces.Box) or not np.all(np.isfinite(dataset.action_space.low)):
+        fail("the action space must be a bounded Box")
+    run_name = f"{args.dataset_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = args.run_dir or os.path.join("runs", run_name)
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=vars(args),
+            name=run_name,
+            save_code=True,
+        )
+    seed_everything(args.seed, args.torch_deterministic)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    log = RunLogger(args, run_dir)
+    log.stage_times.update(dict.fromkeys(("offline", "offline_eval", "online", "online_eval", "eval"), 0.0))
+
+    # actions live in [-1, 1] for the networks; the env gets them mapped back to its Box
+    low, high = dataset.action_space.low.astype(np.float32), dataset.action_space.high.astype(np.float32)
+    a_center, a_half = (high + low) / 2.0, (high - low) / 2.0
+    to_env = lambda a: (a_center + a_half * a).astype(dataset.action_space.dtype)  # noqa: E731
+    obs_dim, act_dim = data["observations"].shape[1], data["actions"].shape[1]
+    n_data = len(data["rewards"])
+    capacity = max(n_data, min(args.buffer_size, n_data + args.online_steps))
+    buffer = ReplayBuffer(obs_dim, act_dim, capacity, device, reward_scale=r_scale, reward_shift=r_shift)
+    data_act = np.clip((data["actions"] - a_center) / a_half, -1.0 + 1e-5, 1.0 - 1e-5)
+    buffer.add_batch(data["observations"], data_act, data["rewards"], data["next_observations"], data["terminals"])
+    agent = FamO2O(obs_dim, act_dim, args, device)
+    print(
+        f"FamO2O+{args.base.upper()} ({args.balance} β in [{args.beta_lo}, {args.beta_hi}], weight {args.weight_mode})"
+        f" on {args.dataset_id}: {n_data} transitions, reward ×{r_scale:.4g} {r_shift:+g}, device {device}",
+        flush=True,
+    )
+
+    eval_seed = args.seed * 1_000 + 100_000
+    beta_summary: dict = {}  # summary.json's `beta`: the last evaluation of each phase, the last online window
+
+    def run_eval(phase: str, step: int):
+        with log.timer("eval"), log.timer(f"{phase}_eval"):
+            stats = BetaStats(args.beta_lo, args.beta_hi)
+
+            def policy(o):
+                a, beta = agent.act(o, deterministic=True)
+                stats.add(beta)
+                return to_env(a)
+
+            returns = evaluate(eval_env, policy, args.eval_episodes, eval_seed)
+            s = log_beta(log, phase, step, stats.flush(), "eval")
+            score = normalized_score(dataset, float(returns.mean()))
+            log.eval(phase, step, returns, score, eval_beta_mean=s["mean"], eval_beta_std=s["std"])
+            beta_summary[f"{phase}_final_eval"] = s
+
+    # balance-model diagnostics on logging steps: TensorBoard `{phase}/diagnostics/*` and summary.json["diagnostics"]
+    diagnostics: dict = {phase: dict(step=[]) for phase in ("offline", "online")}
+
+    def log_update(phase: str, step: int, info: dict, obs: torch.Tensor):
+        values = torch.stack([v.reshape(()) for v in info.values()]).tolist()  # one device -> host copy for all
+        for k, v in zip(info, values):
+            log.scalar(phase, f"losses/{k}", v, step)
+        d = diagnostics[phase]
+        d["step"].append(step)
+        stats = agent.balance_diagnostics(obs)
+        for k, v in zip(stats, torch.stack(list(stats.values())).tolist()):
+            d.setdefault(k, []).append(v)
+            log.scalar(phase, f"diagnostics/{k}", v, step)
+
+    offline_done = 0
+    if ckpt is not None:  # --load-offline: the saved offline phase, evaluated as it ended
+        agent.load_checkpoint(ckpt)
+        offline_done = int(ckpt["offline_steps"])
+        print(f"loaded the offline phase from {args.load_offline} ({offline_done} gradient steps); skipping it")
+        run_eval("offline", offline_done)
+    else:
+        offline_done = offline_loop(args, agent, buffer, log, log_update, run_eval)
+        if args.save_model and offline_done > 0:
+            path = os.path.join(run_dir, "offline_checkpoint.pt")
+            torch.save(dict(meta=meta, offline_steps=offline_done, **agent.checkpoint()), path)
+            print(f"saved the offline phase to {path} (fine-tune from it with --load-offline {path})")
+
+    online_updates = 0
+    if args.online_steps > 0:
+        env = dataset.recover_environment()
+        if not isinstance(env.observation_space, gym.spaces.Box):
+            env = gym.wrappers.FlattenObservation(env)
+        # the policy fine-tuning starts from, on the online curve at env step 0 (before any interaction or update)
+        run_eval("online", 0)
+        acting = online_loop(args, agent, buffer, env, to_env, log, log_update, run_eval)
+        if acting is not None:
+            beta_summary["online_acting_last_window"] = acting
+        online_updates = args.online_steps
+        env.close()
+
+    if args.save_model:
+        torch.save(dict(meta=meta, **agent.checkpoint()), os.path.join(run_dir, f"{args.exp_name}.cleanrl_model"))
+    if args.capture_video:
+        try:
+            venv = gym.wrappers.RecordVideo(
+                make_eval_env(dataset, render_mode="rgb_array"), os.path.join(run_dir, "videos"), disable_logger=True
+            )
+            evaluate(venv, lambda o: to_env(agent.act(o, deterministic=True)[0]), 1, eval_seed)
+            venv.close()
+        except Exception as e:  # a missing renderer must not lose the run's results
+            warn(f"video capture failed ({type(e).__name__}: {e})")
+    times, offline_trained = log.stage_times, args.offline_steps > 0 and ckpt is None
+    summary = log.summary(
+        base=args.base,
+        balance=args.balance,
+        reward_scale=r_scale,
+        reward_shift=r_shift,
+        offline_gradient_steps=offline_done,
+        offline_loaded_from=args.load_offline,
+        online_env_steps=args.online_steps,
+        online_gradient_steps=online_updates,
+        throughput=dict(
+            offline_grad_steps_per_s=args.offline_steps / times["offline"] if offline_trained else None,
+            online_steps_per_s=args.online_steps / times["online"] if args.online_steps else None,
+        ),
+        beta=beta_summary,
+        diagnostics=diagnostics,
+    )
+    eval_env.close()
+    return summary
+
+
+def offline_loop(args: Args, agent: FamO2O, buffer: ReplayBuffer, log: "RunLogger", log_update, run_eval) -> int:
+    """`--offline-steps` gradient steps on the dataset, the actor's β uniform in [β_lo, β_hi]. Returns the step
+    count. stage_times["offline"] is the loop without its evaluations."""
+    start = time.time()
+    for step in range(1, args.offline_steps + 1):
+        with log.timer("offline"):
+            batch = buffer.sample(args.batch_size)
+            logging = step % args.log_freq == 0
+            info = agent.update(batch, online=False, stats=logging)
+            if logging:
+                log_update("offline", step, info, batch["obs"])
+                sps = step / (time.time() - start)
+                log.scalar("offline", "charts/SPS", sps, step)
+                if step % (10 * args.log_freq) == 0:
+                    print(
+                        f"[offline] step {step}/{args.offline_steps}: {sps:.0f} grad steps/s, "
+                        f"actor loss {float(info['actor_loss']):.3f}, Q {float(info['qf1_values']):.1f}",
+                        flush=True,
+                    )
+        if eval_due(step, args.offline_steps, args, online=False):
+            run_eval("offline", step)
+    return args.offline_steps
+
+
+def online_loop(
+    args: Args, agent: FamO2O, buffer: ReplayBuffer, env: gym.Env, to_env, log: "RunLogger", log_update, run_eval
+) -> Optional[dict]:
+    """`--online-steps` env steps, each followed by one gradient step, the actor's β sampled from π_b; transitions
+    are appended to the buffer that holds the dataset. Returns the statistics of the β acted with in the last window
+    between evaluations. stage_times["online"] is the loop without its evaluations."""
+    device, start = buffer.device, time.time()
+    env.action_space.seed(args.seed)
+    obs, _ = env.reset(seed=args.seed)
+    obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device).reshape(-1)
+    ep_ret, ep_len, acting, last_window = 0.0, 0, BetaStats(args.beta_lo, args.beta_hi), None
+    for step in range(1, args.online_steps + 1):
+        with log.timer("online"):
+            act_t, beta_t = agent.sample_action(obs_t[None], deterministic=False)
+            a_beta = torch.cat([act_t, beta_t]).cpu().numpy()  # one device -> host copy per env step
+            acting.add(a_beta[-1:])
+            next_obs, r, terminated, truncated, _ = env.step(to_env(a_beta[:-1]))
+            # s', r and the terminal flag reach the device in one host -> device copy
+            row = np.concatenate([np.asarray(next_obs, dtype=np.float32).ravel(), [r, float(terminated)]])
+            row_t = torch.as_tensor(row, dtype=torch.float32, device=device)
+            next_obs_t = row_t[:-2]
+            buffer.add(obs_t, act_t, row_t[-2], next_obs_t, row_t[-1])
+            ep_ret, ep_len = ep_ret + float(r), ep_len + 1
+            obs_t = next_obs_t
+            if terminated or truncated:
+                log.scalar("online", "charts/episodic_return", ep_ret, step)
+                log.scalar("online", "charts/episodic_length", ep_len, step)
+                obs, _ = env.reset()
+                obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device).reshape(-1)
+                ep_ret, ep_len = 0.0, 0
+            batch = buffer.sample(args.batch_size)
+            logging = step % args.log_freq == 0
+            info = agent.update(batch, online=True, stats=logging)
+            if logging:
+                log_update("online", step, info, batch["obs"])
+                sps = step / (time.time() - start)
+                log.scalar("online", "charts/SPS", sps, step)
+                if step % (10 * args.log_freq) == 0:
+                    print(f"[online] step {step}/{args.online_steps}: {sps:.0f} env+grad steps/s", flush=True)
+        if eval_due(step, args.online_steps, args, online=True):
+            last_window = log_beta(log, "online", step, acting.flush(), "charts") or last_window
+            run_eval("online", step)
+    return last_window
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-file setup, not algorithm logic: flag checks, paper configurations, reward scale, checkpoints, β records
+# ----------------------------------------------------------------------------------------------
+def validate(args: Args):
+    """Reject impossible flags before anything is loaded or written (tyro already rejects unknown choices)."""
+    steps = ("offline_steps", "online_steps")
+    counts = ("eval_freq", "eval_episodes", "batch_size", "hidden_dim", "buffer_size", "log_freq")
+    check_flags(
+        [
+            (
+                not args.beta_lo < args.beta_hi,
+                f"the β range needs --beta-lo < --beta-hi, got [{args.beta_lo}, {args.beta_hi}]",
+            ),
+            (
+                args.beta_lo < 0 or (args.fixed_beta is not None and args.fixed_beta < 0),
+                "β is an inverse temperature: --beta-lo and --fixed-beta must be ≥ 0",
+            ),
+            *((getattr(args, k) < 0, f"--{k.replace('_', '-')} must be ≥ 0") for k in steps),
+            *((getattr(args, k) < 1, f"--{k.replace('_', '-')} must be ≥ 1") for k in counts),
+            (not 0.0 < args.expectile < 1.0, "--expectile must be in (0, 1)"),
+            (
+                not 0.0 <= args.gamma <= 1.0 or not 0.0 < args.tau <= 1.0,
+                "--gamma must be in [0, 1] and --tau in (0, 1]",
+            ),
+            (args.weight_clip <= 0 or args.init_alpha <= 0, "--weight-clip and --init-alpha must be > 0"),
+            (
+                args.early_eval_freq < 0 or args.early_eval_until < 0,
+                "--early-eval-freq and --early-eval-until must be ≥ 0",
+            ),
+            (
+                args.early_eval_freq > 0 and args.early_eval_until == 0,
+                "--early-eval-freq > 0 needs --early-eval-until > 0 (the env steps over which it applies)",
+            ),
+        ]
+    )
+    if args.weight_mode == "batch_mean" and args.balance == "adaptive":
+        warn(
+            "--weight-mode batch_mean makes each sample's advantage weight independent of its own β, so the "
+            "universal model cannot learn β-dependent policies and the adaptive β has nothing to adapt "
+            "(use --weight-mode per_sample to adapt β)"
+        )
+
+
 # Paper configurations: `python algorithms/famo2o.py paper-hopper-medium-replay [--flag value ...]`.
 # FamO2O+IQL on the paper's D4RL locomotion datasets (its results table's "IQL+FamO2O" column: hopper, halfcheetah,
 # walker2d × medium, medium-replay, medium-expert, -v2 in D4RL; here our local D4RL-style rebuilds, see
@@ -232,7 +893,6 @@ class Args:
 # released IQL code runs with when no config overrides it: the flag defaults of jax_iql/family_train_finetune.py and
 # the constructor defaults of FamilyLearner in jax_iql/family_learner.py (LeapLabTHU/FamO2O). None of them depends
 # on the dataset, so the nine configs differ only in their dataset.
-# ----------------------------------------------------------------------------------------------
 _FAMO2O_IQL_LOCOMOTION = dict(
     base="iql",  # the paper's "IQL+FamO2O" rows; IQL is the base of the released code (AWAC's was not released)
     balance="adaptive",  # FamO2O itself (`fixed` is the ablation)
@@ -277,9 +937,124 @@ PAPER_CONFIGS: dict[str, dict] = {
 }
 
 
-# ----------------------------------------------------------------------------------------------
-# Data: Minari dataset -> transitions. Errors raise DatasetError; __main__ turns them into exit 2.
-# ----------------------------------------------------------------------------------------------
+def reward_transform(data: dict[str, np.ndarray], mode: str) -> tuple[float, float]:
+    """(scale, shift) with r' = scale·r + shift, applied at sampling time to every transition.
+    `locomotion`: 1000 / (max − min episode return) over the dataset (IQL's D4RL rule); `goal`: r − 1."""
+    if mode == "none":
+        return 1.0, 0.0
+    if mode == "goal":
+        return 1.0, -1.0
+    episode_id = np.concatenate([[0], np.cumsum(data["episode_ends"])[:-1]])
+    returns = np.bincount(episode_id, weights=data["rewards"].astype(np.float64))
+    spread = float(returns.max() - returns.min())
+    if spread <= 1e-8:
+        raise DatasetError(
+            "--reward-scale-mode locomotion needs episodes with different returns (max − min episode return is 0); "
+            "use --reward-scale-mode none"
+        )
+    return 1000.0 / spread, 0.0
+
+
+OFFLINE_FORMAT = "famo2o-offline-v1"
+# flags the saved models were built or trained with, which a run that loads them must share
+OFFLINE_MATCH = ("env_id", "obs_dim", "act_dim", "base", "balance", "beta_lo", "beta_hi", "fixed_beta", "hidden_dim")
+
+
+def offline_meta(args: Args, env_id: str, obs_dim: int, act_dim: int) -> dict:
+    """What an offline checkpoint records about the run that made it (checked by `load_offline_checkpoint`)."""
+    return dict(
+        format=OFFLINE_FORMAT,
+        env_id=env_id,
+        dataset_id=args.dataset_id,
+        obs_dim=obs_dim,
+        act_dim=act_dim,
+        base=args.base,
+        balance=args.balance,
+        beta_lo=args.beta_lo,
+        beta_hi=args.beta_hi,
+        fixed_beta=resolve_fixed_beta(args) if args.balance == "fixed" else None,
+        hidden_dim=args.hidden_dim,
+    )
+
+
+def load_offline_checkpoint(path: str, expected: dict) -> dict:
+    """Read a checkpoint saved at the end of the offline phase and check that it fits this run; DatasetError (exit 2,
+    before anything is written) on a missing or foreign file or a mismatched flag."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"--load-offline: no such file '{path}'")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        meta = ckpt["meta"]
+        assert meta["format"] == OFFLINE_FORMAT, f"format {meta['format']!r}"
+    except Exception as e:
+        raise DatasetError(
+            f"--load-offline: '{path}' is not a FamO2O offline checkpoint ({type(e).__name__}: {e}); "
+            "save one with --save-model"
+        ) from e
+    for key in OFFLINE_MATCH:
+        if meta.get(key) != expected[key]:
+            raise DatasetError(
+                f"--load-offline: '{path}' was trained with {key}={meta.get(key)!r} but this run has "
+                f"{key}={expected[key]!r} (checkpoint dataset: {meta.get('dataset_id')}); pass matching flags, "
+                "or train the offline phase for this run"
+            )
+    if meta["dataset_id"] != expected["dataset_id"]:
+        warn(f"the offline checkpoint was trained on {meta['dataset_id']}, fine-tuning uses {expected['dataset_id']}")
+    return ckpt
+
+
+def eval_due(step: int, last: int, args: Args, online: bool) -> bool:
+    """Whether to evaluate after `step` of a phase of `last` steps: every `eval_freq` steps and at the last step; in
+    the online phase also every `early_eval_freq` env steps up to `early_eval_until`. (Online step 0 is evaluated
+    before the loop.)"""
+    early = online and args.early_eval_freq > 0 and step <= args.early_eval_until
+    return step % args.eval_freq == 0 or step == last or (early and step % args.early_eval_freq == 0)
+
+
+class BetaStats:
+    """Record of the β the agent acts with, logged as mean/std/histogram so the balance model's choices show."""
+
+    def __init__(self, lo: float, hi: float, bins: int = 10):
+        self.edges = np.linspace(lo, hi, bins + 1)
+        self.values: list[float] = []
+
+    def add(self, betas):
+        self.values.extend(np.asarray(betas, dtype=np.float64).ravel().tolist())
+
+    def flush(self) -> Optional[dict]:
+        if not self.values:
+            return None
+        v = np.array(self.values)
+        self.values = []
+        hist = np.histogram(np.clip(v, self.edges[0], self.edges[-1]), bins=self.edges)[0]
+        return dict(
+            mean=float(v.mean()),
+            std=float(v.std()),
+            min=float(v.min()),
+            max=float(v.max()),
+            histogram=hist.tolist(),
+            bin_edges=self.edges.round(4).tolist(),
+            raw=v,
+        )
+
+
+def log_beta(log: "RunLogger", phase: str, step: int, stats: Optional[dict], prefix: str) -> Optional[dict]:
+    """`{phase}/{prefix}/beta_mean|beta_std` scalars and a `{phase}/{prefix}/beta` histogram; `prefix` is `eval`
+    (β chosen in deterministic evaluation) or `charts` (β the agent acted with while collecting online data)."""
+    if stats is None:
+        return None
+    raw = stats.pop("raw")
+    log.scalar(phase, f"{prefix}/beta_mean", stats["mean"], step)
+    log.scalar(phase, f"{prefix}/beta_std", stats["std"], step)
+    log.writer.add_histogram(f"{phase}/{prefix}/beta", raw, step)
+    return stats
+
+
+# ==============================================================================================
+# HARNESS: the same in famo2o.py, off2on.py and uni_o4.py (tests/test_conventions.py checks that it is
+# identical): Minari loading and checks, evaluation, logging, seeding, errors, the command line. Skip it on
+# a first read; the algorithm is above.
+# ==============================================================================================
 class DatasetError(ValueError):
     """Bad dataset input: the message says what was wrong and what to do."""
 
@@ -431,408 +1206,6 @@ def make_eval_env(dataset: minari.MinariDataset, **make_kwargs) -> gym.Env:
     return env
 
 
-def reward_transform(data: dict[str, np.ndarray], mode: str) -> tuple[float, float]:
-    """(scale, shift) with r' = scale·r + shift, applied at sampling time to every transition.
-    `locomotion`: 1000 / (max − min episode return) over the dataset (IQL's D4RL rule); `goal`: r − 1."""
-    if mode == "none":
-        return 1.0, 0.0
-    if mode == "goal":
-        return 1.0, -1.0
-    episode_id = np.concatenate([[0], np.cumsum(data["episode_ends"])[:-1]])
-    returns = np.bincount(episode_id, weights=data["rewards"].astype(np.float64))
-    spread = float(returns.max() - returns.min())
-    if spread <= 1e-8:
-        raise DatasetError(
-            "--reward-scale-mode locomotion needs episodes with different returns (max − min episode return is 0); "
-            "use --reward-scale-mode none"
-        )
-    return 1000.0 / spread, 0.0
-
-
-# ----------------------------------------------------------------------------------------------
-# Networks. Every Linear: orthogonal init with gain √2, zero bias (as the official flax code).
-# ----------------------------------------------------------------------------------------------
-def encode_beta(beta: torch.Tensor, n: float = 10_000.0, d: int = 6) -> torch.Tensor:
-    """enc(β): β [...] -> [..., d], interleaved sin/cos of β / n^(2i/d), i = 0..d/2−1 (divisors 1, ≈21.5, ≈464 for
-    d = 6). Applied to the mapped β (e.g. in [1, 5]); the network never sees the raw β."""
-    divisors = n ** (torch.arange(0, d, 2, dtype=beta.dtype, device=beta.device) / d)
-    angles = beta.unsqueeze(-1) / divisors  # [..., d/2]
-    return torch.stack([torch.sin(angles), torch.cos(angles)], dim=-1).flatten(-2)
-
-
-def orthogonal_init(module: nn.Module, gain: float = math.sqrt(2)):
-    if isinstance(module, nn.Linear):
-        nn.init.orthogonal_(module.weight, gain)
-        nn.init.zeros_(module.bias)
-
-
-def mlp(in_dim: int, out_dim: int, hidden: int) -> nn.Sequential:
-    net = nn.Sequential(
-        nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_dim)
-    )
-    net.apply(orthogonal_init)
-    return net
-
-
-class VectorizedLinear(nn.Module):
-    """N independent Linear layers as one batched matmul: x [N, B, in] -> [N, B, out]."""
-
-    def __init__(self, in_dim: int, out_dim: int, n: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(n, in_dim, out_dim))
-        self.bias = nn.Parameter(torch.zeros(n, 1, out_dim))
-        for w in self.weight:  # init only, not a hot path
-            nn.init.orthogonal_(w, math.sqrt(2))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
-
-
-class TwinQ(nn.Module):
-    """Q_1, Q_2 (s, a) as one vectorized ensemble; returns [2, B]."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int, n: int = 2):
-        super().__init__()
-        self.n = n
-        self.net = nn.Sequential(
-            VectorizedLinear(obs_dim + act_dim, hidden, n),
-            nn.ReLU(),
-            VectorizedLinear(hidden, hidden, n),
-            nn.ReLU(),
-            VectorizedLinear(hidden, 1, n),
-        )
-
-    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([obs, act], -1).unsqueeze(0).expand(self.n, -1, -1)
-        return self.net(x).squeeze(-1)
-
-
-class ValueNet(nn.Module):
-    """V(s) -> [B] (IQL)."""
-
-    def __init__(self, obs_dim: int, hidden: int):
-        super().__init__()
-        self.net = mlp(obs_dim, 1, hidden)
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(obs).squeeze(-1)
-
-
-class UniversalActor(nn.Module):
-    """π_u(a | s, β): Gaussian N(tanh(f(s, enc(β))), σ) with a state-independent log σ clipped to [−5, 2].
-    The tanh is on the mean only (no squashed distribution), so dataset actions need no atanh."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int):
-        super().__init__()
-        self.net = mlp(obs_dim + 6, act_dim, hidden)
-        self.log_std = nn.Parameter(torch.zeros(act_dim))
-
-    def forward(self, obs: torch.Tensor, beta_code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = torch.tanh(self.net(torch.cat([obs, beta_code], -1)))
-        return mean, self.log_std.clamp(-5.0, 2.0).exp().expand_as(mean)
-
-    def log_prob(self, obs: torch.Tensor, beta_code: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """Diagonal Gaussian log-density in closed form (torch.distributions.Normal validates its arguments,
-        which synchronizes a GPU on every call)."""
-        mean, std = self(obs, beta_code)
-        return gaussian_log_prob((act - mean) / std, std.log()).sum(-1)
-
-    def rsample(self, obs: torch.Tensor, beta_code: torch.Tensor) -> torch.Tensor:
-        mean, std = self(obs, beta_code)
-        return mean + std * torch.randn_like(mean)
-
-
-def gaussian_log_prob(eps: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-    """log N(x; μ, σ) from the standardized ε = (x − μ)/σ and log σ, element-wise."""
-    return -0.5 * eps.pow(2) - log_std - 0.5 * math.log(2.0 * math.pi)
-
-
-def tanh_log_det(u: torch.Tensor) -> torch.Tensor:
-    """log(1 − tanh(u)²) = 2·(log 2 − u − softplus(−2u)), finite for any u (no atanh of z)."""
-    return 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
-
-
-class BalanceModel(nn.Module):
-    """π_b(β | s): u ~ N(μ_b(s), σ_b) with a state-independent log σ_b clipped to [−10, 2], z = tanh(u) and
-    β = β_lo + (z + 1)/2 · (β_hi − β_lo)."""
-
-    def __init__(self, obs_dim: int, hidden: int, beta_lo: float, beta_hi: float):
-        super().__init__()
-        self.net = mlp(obs_dim, 1, hidden)
-        self.log_std = nn.Parameter(torch.zeros(1))
-        self.beta_lo, self.beta_hi = beta_lo, beta_hi
-
-    def to_beta(self, z: torch.Tensor) -> torch.Tensor:
-        return self.beta_lo + (z + 1.0) / 2.0 * (self.beta_hi - self.beta_lo)
-
-    def rsample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reparameterized β [B] and log π_b(z | s) [B] of the squashed z (tanh Jacobian included; the affine map
-        to β only shifts the log-density by a constant and is left out, as in the official code)."""
-        mu = self.net(obs).squeeze(-1)
-        log_std = self.log_std.clamp(-10.0, 2.0)
-        eps = torch.randn_like(mu)
-        u = mu + log_std.exp() * eps
-        logp = gaussian_log_prob(eps, log_std) - tanh_log_det(u)
-        return self.to_beta(torch.tanh(u)), logp
-
-    def mode(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.to_beta(torch.tanh(self.net(obs).squeeze(-1)))
-
-
-# ----------------------------------------------------------------------------------------------
-# Replay buffer: offline data first, online transitions appended, uniform sampling
-# ----------------------------------------------------------------------------------------------
-class ReplayBuffer:
-    def __init__(self, obs_dim: int, act_dim: int, capacity: int, device: torch.device):
-        self.capacity, self.device, self.size, self.ptr = capacity, device, 0, 0
-        self.obs = torch.zeros(capacity, obs_dim, device=device)
-        self.next_obs = torch.zeros(capacity, obs_dim, device=device)
-        self.act = torch.zeros(capacity, act_dim, device=device)
-        self.rew = torch.zeros(capacity, device=device)
-        self.mask = torch.zeros(capacity, device=device)
-
-    def add_batch(self, obs, act, rew, next_obs, terminal):
-        n = len(obs)
-        idx = (self.ptr + np.arange(n)) % self.capacity
-        t = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32, device=self.device)  # noqa: E731
-        self.obs[idx], self.act[idx], self.rew[idx] = t(obs), t(act), t(rew)
-        self.next_obs[idx], self.mask[idx] = t(next_obs), 1.0 - t(terminal)
-        self.ptr = (self.ptr + n) % self.capacity
-        self.size = min(self.size + n, self.capacity)
-
-    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
-        idx = torch.randint(0, self.size, (batch_size,), device=self.device)
-        return dict(
-            obs=self.obs[idx], act=self.act[idx], rew=self.rew[idx], next_obs=self.next_obs[idx], mask=self.mask[idx]
-        )
-
-
-# ----------------------------------------------------------------------------------------------
-# Losses and the update step
-# ----------------------------------------------------------------------------------------------
-def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
-    """mean |τ − 1(u < 0)|·u² with u = Q − V: positive errors (V below Q) weigh τ, so V tracks an upper expectile."""
-    weight = torch.where(diff > 0, expectile, 1.0 - expectile)
-    return (weight * diff.pow(2)).mean()
-
-
-def advantage_weights(beta: torch.Tensor, adv: torch.Tensor, mode: str, clip: float = 100.0) -> torch.Tensor:
-    """AWR weights [B] from β [B] and A [B].
-    per_sample: w_j = min(exp(β_j A_j), clip) (the paper). batch_mean: w_j = (1/B) Σ_i min(exp(β_i A_j), clip),
-    what the official code's [B, 1] × [B] broadcast computes. exp is taken after the clip on the exponent, so large
-    advantages never overflow."""
-    assert beta.dim() == 1 and adv.dim() == 1, "keep β and A as [B] so broadcasting cannot choose silently"
-    log_clip = math.log(clip)
-    if mode == "per_sample":
-        return torch.exp((beta * adv).clamp(max=log_clip))
-    if mode == "batch_mean":
-        return torch.exp((beta[:, None] * adv[None, :]).clamp(max=log_clip)).mean(0)
-    raise ValueError(f"unknown weight mode {mode!r}")
-
-
-def resolve_fixed_beta(args: Args) -> float:
-    """The β of `--balance fixed`: `--fixed-beta`, or the base's default (IQL 3, AWAC 1) when it is not given."""
-    return DEFAULT_FIXED_BETA[args.base] if args.fixed_beta is None else float(args.fixed_beta)
-
-
-class FamO2O:
-    """All models, optimizers and the gradient step. Models read start-of-step parameters unless stated."""
-
-    def __init__(self, obs_dim: int, act_dim: int, args: Args, device: torch.device):
-        self.args, self.device = args, device
-        h = args.hidden_dim
-        self.actor = UniversalActor(obs_dim, act_dim, h).to(device)
-        self.q = TwinQ(obs_dim, act_dim, h).to(device)
-        self.q_target = TwinQ(obs_dim, act_dim, h).to(device)
-        self.q_target.load_state_dict(self.q.state_dict())
-        self.q_target.requires_grad_(False)
-        self.value = ValueNet(obs_dim, h).to(device) if args.base == "iql" else None
-        self.balance = BalanceModel(obs_dim, h, args.beta_lo, args.beta_hi).to(device)
-        self.log_alpha = torch.tensor([math.log(args.init_alpha)], device=device, requires_grad=True)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr)
-        self.q_opt = torch.optim.Adam(self.q.parameters(), lr=args.critic_lr)
-        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=args.value_lr) if self.value else None
-        self.balance_opt = torch.optim.Adam(self.balance.parameters(), lr=args.balance_lr)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=args.alpha_lr)
-        self.adaptive = args.balance == "adaptive"
-
-    def checkpoint(self) -> dict:
-        """Every model, optimiser state and log α: what training needs to carry on exactly (the official code keeps
-        its models and Adam states across the phase switch)."""
-        opts = ("actor_opt", "q_opt", "value_opt", "balance_opt", "alpha_opt")
-        return dict(
-            actor=self.actor.state_dict(),
-            balance=self.balance.state_dict(),
-            q=self.q.state_dict(),
-            q_target=self.q_target.state_dict(),
-            value=self.value.state_dict() if self.value else None,
-            log_alpha=self.log_alpha.detach().cpu(),
-            **{k: getattr(self, k).state_dict() if getattr(self, k) else None for k in opts},
-        )
-
-    def load_checkpoint(self, ckpt: dict):
-        """Inverse of `checkpoint` (onto this agent's device)."""
-        for k in ("actor", "balance", "q", "q_target", "value"):
-            if getattr(self, k) is not None:
-                getattr(self, k).load_state_dict(ckpt[k])
-        for k in ("actor_opt", "q_opt", "value_opt", "balance_opt", "alpha_opt"):
-            if getattr(self, k) is not None:
-                getattr(self, k).load_state_dict(ckpt[k])
-        with torch.no_grad():
-            self.log_alpha.copy_(ckpt["log_alpha"])
-
-    # -- β helpers --
-    def fixed_beta(self, n: int) -> torch.Tensor:
-        return torch.full((n,), resolve_fixed_beta(self.args), device=self.device)
-
-    @torch.no_grad()
-    def acting_beta(self, obs: torch.Tensor) -> torch.Tensor:
-        """β the agent acts with: the balance model's mode (or the fixed β)."""
-        return self.balance.mode(obs) if self.adaptive else self.fixed_beta(len(obs))
-
-    @torch.no_grad()
-    def act(self, obs: np.ndarray, deterministic: bool) -> tuple[np.ndarray, float]:
-        """Action in [-1, 1] and the β used, for one observation."""
-        o = torch.as_tensor(obs, dtype=torch.float32, device=self.device).reshape(1, -1)
-        beta = self.acting_beta(o)
-        mean, std = self.actor(o, encode_beta(beta))
-        a = mean if deterministic else mean + std * torch.randn_like(mean)
-        out = torch.cat([a.clamp(-1.0, 1.0)[0], beta]).cpu().numpy()  # one device -> host copy per env step
-        return out[:-1], float(out[-1])
-
-    def balance_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """SAC-style loss of π_b over its 1-d action β: mean[α·log π_b(z|s) − min Q_targ(s, ã)], with ã the universal
-        actor's reparameterized action at (s, enc(β)). The graph runs through the actor's input and the target Q;
-        the caller restricts backward to the balance parameters."""
-        beta, logp = self.balance.rsample(obs)
-        a = self.actor.rsample(obs, encode_beta(beta))
-        q = self.q_target(obs, a).min(0).values
-        alpha = self.log_alpha.exp().detach()
-        return (alpha * logp - q).mean(), logp.detach(), beta.detach()
-
-    def balance_diagnostics(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Can the balance model move? Measured at the β the agent acts with (π_b's mode, or the fixed β) on `obs`:
-        - beta_mean, beta_std: mean and spread (std across the states) of that β;
-        - dq_dbeta: mean over states of |d min Q_targ(s, μ_u(s, enc(β))) / dβ|, the critic's pull on β (the signal
-          the balance loss follows; μ_u is the universal model's mean action, whose gradient equals the sample's);
-        - action_spread: mean over states and action dims of |μ_u(s, β_hi) − μ_u(s, β_lo)|, how much the universal
-          model's action depends on β at all (0: every β gives the same action, nothing to choose);
-        - q_entropy_ratio: mean of |dQ/dβ|·(β_hi − β_lo)/(4α). In u (pre-tanh) the balance loss's entropy term pulls
-          towards the middle of the range with 2α·tanh(u) and the critic with dQ/dβ·(β_hi − β_lo)/2·(1 − tanh²u);
-          their balance puts z = tanh(u) ≈ this ratio while it is small, so ≪ 1 means β stays near the middle;
-        - alpha: the entropy temperature α.
-        Logging-step only (not in the hot loop). Returns detached 0-d tensors."""
-        beta = self.acting_beta(obs).clone().requires_grad_(True)
-        with torch.enable_grad():
-            mean, _ = self.actor(obs, encode_beta(beta))
-            q = self.q_target(obs, mean).min(0).values
-            (dq,) = torch.autograd.grad(q.sum(), beta)  # per-state derivative: state i only sees its own β_i
-        with torch.no_grad():
-            ends = [torch.full((len(obs),), b, device=self.device) for b in (self.args.beta_lo, self.args.beta_hi)]
-            lo, hi = (self.actor(obs, encode_beta(b))[0] for b in ends)
-            alpha = self.log_alpha.exp()[0]
-            return dict(
-                beta_mean=beta.detach().mean(),
-                beta_std=beta.detach().std(unbiased=False),
-                dq_dbeta=dq.abs().mean(),
-                action_spread=(hi - lo).abs().mean(),
-                q_entropy_ratio=(dq.abs() * (self.args.beta_hi - self.args.beta_lo) / (4.0 * alpha)).mean(),
-                alpha=alpha,
-            )
-
-    def update(self, batch: dict[str, torch.Tensor], online: bool) -> dict[str, torch.Tensor]:
-        """One gradient step: V → balance → α → universal actor → Q → Polyak. Returns detached scalars (no device
-        sync here; the caller converts them when it logs)."""
-        args, info = self.args, {}
-        obs, act, rew, next_obs, mask = batch["obs"], batch["act"], batch["rew"], batch["next_obs"], batch["mask"]
-        B = len(obs)
-        with torch.no_grad():
-            q_targ = self.q_target(obs, act).min(0).values  # min(Q1_targ, Q2_targ)(s, a)
-            # β for the universal-actor loss, drawn with start-of-step parameters (before the balance step)
-            if not self.adaptive:
-                beta = self.fixed_beta(B)
-            elif online:
-                beta = self.balance.rsample(obs)[0]
-            else:
-                beta = args.beta_lo + (args.beta_hi - args.beta_lo) * torch.rand(B, device=self.device)
-            if args.base == "awac":  # next action for the TD target, from start-of-step actor and balance model
-                next_beta = self.acting_beta(next_obs)
-                next_act = self.actor.rsample(next_obs, encode_beta(next_beta)).clamp(-1.0, 1.0)
-                next_v = self.q_target(next_obs, next_act).min(0).values
-                # ã is clipped to the action box like a′ (and like the actions the agent executes)
-                base_act = self.actor.rsample(obs, encode_beta(beta)).clamp(-1.0, 1.0)
-                baseline = self.q_target(obs, base_act).min(0).values
-                adv = q_targ - baseline
-
-        # 1) V by expectile regression (IQL)
-        if args.base == "iql":
-            v = self.value(obs)
-            value_loss = expectile_loss(q_targ - v, args.expectile)
-            self.value_opt.zero_grad(set_to_none=True)
-            value_loss.backward()
-            self.value_opt.step()
-            with torch.no_grad():  # V_new feeds both the advantage and the Q target
-                v_new = self.value(obs)
-                adv = q_targ - v_new
-                next_v = self.value(next_obs)
-            info["value_loss"], info["v_values"] = value_loss.detach(), v.mean().detach()
-
-        # 2) balance model, 3) temperature α (with the α and log-probs of step 2)
-        if self.adaptive:
-            b_loss, logp, b_beta = self.balance_loss(obs)
-            self.balance_opt.zero_grad(set_to_none=True)
-            b_loss.backward(inputs=list(self.balance.parameters()))
-            self.balance_opt.step()
-            entropy = -logp.mean()
-            alpha_loss = self.log_alpha.exp() * (entropy - args.target_entropy)
-            self.alpha_opt.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.alpha_opt.step()
-            info.update(
-                balance_loss=b_loss.detach(),
-                balance_entropy=entropy.detach(),
-                alpha=self.log_alpha.exp().detach(),
-                alpha_loss=alpha_loss.detach(),
-                balance_beta_mean=b_beta.mean().detach(),
-            )
-
-        # 4) universal actor: advantage-weighted regression on dataset actions, conditioned on enc(β_j)
-        weights = advantage_weights(beta, adv, args.weight_mode, args.weight_clip)
-        log_prob = self.actor.log_prob(obs, encode_beta(beta), act)
-        actor_loss = -(weights * log_prob).mean()
-        self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_opt.step()
-
-        # 5) twin Q towards r + γ·mask·V_new(s') (IQL) or r + γ·mask·min Q_targ(s', a') (AWAC)
-        y = rew + args.gamma * mask * next_v
-        q = self.q(obs, act)
-        q_loss = (q - y.unsqueeze(0)).pow(2).sum(0).mean()
-        self.q_opt.zero_grad(set_to_none=True)
-        q_loss.backward()
-        self.q_opt.step()
-
-        # 6) Polyak
-        with torch.no_grad():
-            for p, pt in zip(self.q.parameters(), self.q_target.parameters()):
-                pt.lerp_(p, args.tau)
-
-        info.update(
-            actor_loss=actor_loss.detach(),
-            qf_loss=q_loss.detach(),
-            qf1_values=q[0].mean().detach(),
-            qf2_values=q[1].mean().detach(),
-            advantage=adv.mean().detach(),
-            adv_weight=weights.mean().detach(),
-            actor_beta_mean=beta.mean().detach(),
-            actor_std=self.actor.log_std.clamp(-5, 2).exp().mean().detach(),
-        )
-        return info
-
-
-# ----------------------------------------------------------------------------------------------
-# Evaluation, scores, logging, summary
-# ----------------------------------------------------------------------------------------------
 def normalized_score(dataset: minari.MinariDataset, mean_return: float) -> Optional[float]:
     """D4RL-style score ×100, or None when the dataset has no reference scores."""
     try:
@@ -856,8 +1229,8 @@ def evaluate(env: gym.Env, act: Callable[[np.ndarray], np.ndarray], episodes: in
 
 
 class RunLogger:
-    """TensorBoard writer + evaluation record. Tags are `{phase}/{CleanRL tag}`: `offline/*` curves are
-    indexed by gradient steps, `online/*` curves by environment steps."""
+    """TensorBoard writer, evaluation record and stage clock. Tags are `{phase}/{CleanRL tag}`: `offline/*` curves
+    are indexed by each offline stage's own step counter, `online/*` curves by environment steps."""
 
     def __init__(self, args, run_dir: str):
         self.run_dir, self.args, self.start = run_dir, args, time.time()
@@ -867,6 +1240,16 @@ class RunLogger:
             "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()),
         )
         self.evals: list[dict] = []
+        self.stage_times: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def timer(self, stage: str):
+        """`with log.timer("offline"):` adds the block's wall time to summary.json's `stage_times[stage]`."""
+        t = time.time()
+        try:
+            yield
+        finally:
+            self.stage_times[stage] = self.stage_times.get(stage, 0.0) + time.time() - t
 
     def scalar(self, phase: str, tag: str, value: float, step: int):
         self.writer.add_scalar(f"{phase}/{tag}", value, step)
@@ -901,8 +1284,9 @@ class RunLogger:
             dataset_id=self.args.dataset_id,
             wall_time=time.time() - self.start,
             evaluations=self.evals,
-            **extra,
+            stage_times=self.stage_times,
         )
+        out.update(extra)
         for phase in ("offline", "online"):
             ev = [e for e in self.evals if e["phase"] == phase]
             key = "normalized_score" if ev and ev[-1]["normalized_score"] is not None else "mean_return"
@@ -938,39 +1322,15 @@ def fail(msg: str):
     sys.exit(2)
 
 
-def validate(args: Args):
-    """Reject impossible flags before anything is loaded or written."""
-    choices = dict(base=BASES, balance=BALANCES, weight_mode=WEIGHT_MODES, reward_scale_mode=REWARD_SCALE_MODES)
-    for name, allowed in choices.items():
-        if getattr(args, name) not in allowed:
-            fail(f"--{name.replace('_', '-')} {getattr(args, name)!r} is unknown; choose one of {', '.join(allowed)}")
-    if not args.beta_lo < args.beta_hi:
-        fail(f"the β range needs --beta-lo < --beta-hi, got [{args.beta_lo}, {args.beta_hi}]")
-    if args.beta_lo < 0 or (args.fixed_beta is not None and args.fixed_beta < 0):
-        fail("β is an inverse temperature: --beta-lo and --fixed-beta must be ≥ 0")
-    for name in ("offline_steps", "online_steps"):
-        if getattr(args, name) < 0:
-            fail(f"--{name.replace('_', '-')} must be ≥ 0")
-    for name in ("eval_freq", "eval_episodes", "batch_size", "hidden_dim", "buffer_size", "log_freq"):
-        if getattr(args, name) < 1:
-            fail(f"--{name.replace('_', '-')} must be ≥ 1")
-    if not 0.0 < args.expectile < 1.0:
-        fail("--expectile must be in (0, 1)")
-    if not 0.0 <= args.gamma <= 1.0 or not 0.0 < args.tau <= 1.0:
-        fail("--gamma must be in [0, 1] and --tau in (0, 1]")
-    if args.weight_clip <= 0 or args.init_alpha <= 0:
-        fail("--weight-clip and --init-alpha must be > 0")
-    if args.early_eval_freq < 0 or args.early_eval_until < 0:
-        fail("--early-eval-freq and --early-eval-until must be ≥ 0")
-    if args.early_eval_freq > 0 and args.early_eval_until == 0:
-        fail("--early-eval-freq > 0 needs --early-eval-until > 0 (the env steps over which it applies)")
-    if args.weight_mode == "batch_mean" and args.balance == "adaptive":
-        print(
-            "warning: --weight-mode batch_mean makes each sample's advantage weight independent of its own β, so the "
-            "universal model cannot learn β-dependent policies and the adaptive β has nothing to adapt "
-            "(use --weight-mode per_sample to adapt β)",
-            file=sys.stderr,
-        )
+def warn(msg: str):
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+def check_flags(checks: list[tuple[bool, str]]):
+    """`validate`'s table: exit 2 with the message of the first (condition, message) whose condition holds."""
+    for bad, msg in checks:
+        if bad:
+            fail(msg)
 
 
 # D4RL locomotion -> Minari's remote ids of the same env and quality, where Minari has one (medium-replay and
@@ -1000,306 +1360,6 @@ def paper_config_cli(argv: Optional[list[str]] = None) -> Args:
 
 
 OFFLINE_FORMAT = "famo2o-offline-v1"
-# flags the saved models were built or trained with, which a run that loads them must share
-OFFLINE_MATCH = ("env_id", "obs_dim", "act_dim", "base", "balance", "beta_lo", "beta_hi", "fixed_beta", "hidden_dim")
-
-
-def offline_meta(args: Args, env_id: str, obs_dim: int, act_dim: int) -> dict:
-    """What an offline checkpoint records about the run that made it (checked by `load_offline_checkpoint`)."""
-    return dict(
-        format=OFFLINE_FORMAT,
-        env_id=env_id,
-        dataset_id=args.dataset_id,
-        obs_dim=obs_dim,
-        act_dim=act_dim,
-        base=args.base,
-        balance=args.balance,
-        beta_lo=args.beta_lo,
-        beta_hi=args.beta_hi,
-        fixed_beta=resolve_fixed_beta(args) if args.balance == "fixed" else None,
-        hidden_dim=args.hidden_dim,
-    )
-
-
-def load_offline_checkpoint(path: str, expected: dict) -> dict:
-    """Read a checkpoint saved at the end of the offline phase and check that it fits this run; DatasetError (exit 2,
-    before anything is written) on a missing or foreign file or a mismatched flag."""
-    if not os.path.isfile(path):
-        raise DatasetError(f"--load-offline: no such file '{path}'")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        meta = ckpt["meta"]
-        assert meta["format"] == OFFLINE_FORMAT, f"format {meta['format']!r}"
-    except Exception as e:
-        raise DatasetError(
-            f"--load-offline: '{path}' is not a FamO2O offline checkpoint ({type(e).__name__}: {e}); "
-            "save one with --save-model"
-        ) from e
-    for key in OFFLINE_MATCH:
-        if meta.get(key) != expected[key]:
-            raise DatasetError(
-                f"--load-offline: '{path}' was trained with {key}={meta.get(key)!r} but this run has "
-                f"{key}={expected[key]!r} (checkpoint dataset: {meta.get('dataset_id')}); pass matching flags, "
-                "or train the offline phase for this run"
-            )
-    if meta["dataset_id"] != expected["dataset_id"]:
-        print(f"warning: the offline checkpoint was trained on {meta['dataset_id']}, fine-tuning uses "
-              f"{expected['dataset_id']}", file=sys.stderr)  # fmt: skip
-    return ckpt
-
-
-def eval_due(step: int, last: int, args: Args, online: bool) -> bool:
-    """Whether to evaluate after `step` of a phase of `last` steps: every `eval_freq` steps and at the last step; in
-    the online phase also every `early_eval_freq` env steps up to `early_eval_until`. (Online step 0 is evaluated
-    before the loop.)"""
-    early = online and args.early_eval_freq > 0 and step <= args.early_eval_until
-    return step % args.eval_freq == 0 or step == last or (early and step % args.early_eval_freq == 0)
-
-
-class BetaStats:
-    """Record of the β the agent acts with, logged as mean/std/histogram so the balance model's choices show."""
-
-    def __init__(self, lo: float, hi: float, bins: int = 10):
-        self.edges = np.linspace(lo, hi, bins + 1)
-        self.values: list[float] = []
-
-    def add(self, betas):
-        self.values.extend(np.asarray(betas, dtype=np.float64).ravel().tolist())
-
-    def flush(self) -> Optional[dict]:
-        if not self.values:
-            return None
-        v = np.array(self.values)
-        self.values = []
-        hist = np.histogram(np.clip(v, self.edges[0], self.edges[-1]), bins=self.edges)[0]
-        return dict(
-            mean=float(v.mean()),
-            std=float(v.std()),
-            min=float(v.min()),
-            max=float(v.max()),
-            histogram=hist.tolist(),
-            bin_edges=self.edges.round(4).tolist(),
-            raw=v,
-        )
-
-
-def log_beta(log: RunLogger, phase: str, step: int, stats: Optional[dict], prefix: str) -> Optional[dict]:
-    """`{phase}/{prefix}/beta_mean|beta_std` scalars and a `{phase}/{prefix}/beta` histogram; `prefix` is `eval`
-    (β chosen in deterministic evaluation) or `charts` (β the agent acted with while collecting online data)."""
-    if stats is None:
-        return None
-    raw = stats.pop("raw")
-    log.scalar(phase, f"{prefix}/beta_mean", stats["mean"], step)
-    log.scalar(phase, f"{prefix}/beta_std", stats["std"], step)
-    log.writer.add_histogram(f"{phase}/{prefix}/beta", raw, step)
-    return stats
-
-
-# ----------------------------------------------------------------------------------------------
-# main
-# ----------------------------------------------------------------------------------------------
-def main(args: Args) -> dict:
-    validate(args)
-    args = replace(args, fixed_beta=resolve_fixed_beta(args))  # record the β actually used in summary.json
-    try:  # load data BEFORE creating the run dir, so bad input leaves nothing behind
-        dataset = load_minari_dataset(args.dataset_id, args.download)
-        data = dataset_to_transitions(dataset)
-        eval_env = make_eval_env(dataset)
-        r_scale, r_shift = reward_transform(data, args.reward_scale_mode)
-        env_id = eval_env.spec.id if eval_env.spec else str(dataset.spec.env_spec)
-        meta = offline_meta(args, env_id, data["observations"].shape[1], data["actions"].shape[1])
-        ckpt = load_offline_checkpoint(args.load_offline, meta) if args.load_offline else None
-    except DatasetError as e:
-        fail(str(e))
-    if not isinstance(dataset.action_space, gym.spaces.Box) or not np.all(np.isfinite(dataset.action_space.low)):
-        fail("the action space must be a bounded Box")
-    run_name = f"{args.dataset_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = args.run_dir or os.path.join("runs", run_name)
-    if args.track:
-        import wandb
-
-        wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            sync_tensorboard=True,
-            config=vars(args),
-            name=run_name,
-            save_code=True,
-        )
-    seed_everything(args.seed, args.torch_deterministic)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    log = RunLogger(args, run_dir)
-
-    # actions live in [-1, 1] for the networks; the env gets them mapped back to its Box
-    low, high = dataset.action_space.low.astype(np.float32), dataset.action_space.high.astype(np.float32)
-    a_center, a_half = (high + low) / 2.0, (high - low) / 2.0
-    to_env = lambda a: (a_center + a_half * a).astype(dataset.action_space.dtype)  # noqa: E731
-    obs_dim, act_dim = data["observations"].shape[1], data["actions"].shape[1]
-    n_data = len(data["rewards"])
-    buffer = ReplayBuffer(obs_dim, act_dim, max(n_data, min(args.buffer_size, n_data + args.online_steps)), device)
-    data_act = np.clip((data["actions"] - a_center) / a_half, -1.0 + 1e-5, 1.0 - 1e-5)
-    buffer.add_batch(data["observations"], data_act, data["rewards"], data["next_observations"], data["terminals"])
-    agent = FamO2O(obs_dim, act_dim, args, device)
-    print(
-        f"FamO2O+{args.base.upper()} ({args.balance} β in [{args.beta_lo}, {args.beta_hi}], weight {args.weight_mode})"
-        f" on {args.dataset_id}: {n_data} transitions, reward ×{r_scale:.4g} {r_shift:+g}, device {device}",
-        flush=True,
-    )
-
-    def sample() -> dict[str, torch.Tensor]:
-        b = buffer.sample(args.batch_size)
-        b["rew"] = b["rew"] * r_scale + r_shift
-        return b
-
-    eval_seed = args.seed * 1_000 + 100_000
-
-    eval_time = {"offline": 0.0, "online": 0.0}  # kept out of the throughput numbers
-
-    def run_eval(phase: str, step: int) -> dict:
-        te = time.time()
-        stats = BetaStats(args.beta_lo, args.beta_hi)
-
-        def policy(o):
-            a, beta = agent.act(o, deterministic=True)
-            stats.add(beta)
-            return to_env(a)
-
-        returns = evaluate(eval_env, policy, args.eval_episodes, eval_seed)
-        s = log_beta(log, phase, step, stats.flush(), "eval")
-        log.eval(
-            phase,
-            step,
-            returns,
-            normalized_score(dataset, float(returns.mean())),
-            eval_beta_mean=s["mean"],
-            eval_beta_std=s["std"],
-        )
-        eval_time[phase] += time.time() - te
-        return s
-
-    def log_losses(phase: str, step: int, info: dict):
-        for k, v in info.items():
-            log.scalar(phase, f"losses/{k}", float(v), step)
-
-    # balance-model diagnostics on logging steps: TensorBoard `{phase}/diagnostics/*` and summary.json["diagnostics"]
-    diagnostics: dict = {phase: dict(step=[]) for phase in ("offline", "online")}
-
-    def log_diagnostics(phase: str, step: int, obs: torch.Tensor):
-        d = diagnostics[phase]
-        d["step"].append(step)
-        for k, v in agent.balance_diagnostics(obs).items():
-            d.setdefault(k, []).append(float(v))
-            log.scalar(phase, f"diagnostics/{k}", float(v), step)
-
-    # ---------------- offline phase: β uniform in [β_lo, β_hi] for the actor ----------------
-    beta_summary: dict = {}
-    t0 = time.time()
-    offline_done = 0
-    if ckpt is not None:  # --load-offline: the saved offline phase, evaluated as it ended
-        agent.load_checkpoint(ckpt)
-        offline_done = int(ckpt["offline_steps"])
-        print(f"loaded the offline phase from {args.load_offline} ({offline_done} gradient steps); skipping it")
-        beta_summary["offline_final_eval"] = run_eval("offline", offline_done)
-    else:
-        for step in range(1, args.offline_steps + 1):
-            batch = sample()
-            info = agent.update(batch, online=False)
-            if step % args.log_freq == 0:
-                log_losses("offline", step, info)
-                log_diagnostics("offline", step, batch["obs"])
-                sps = step / (time.time() - t0)
-                log.scalar("offline", "charts/SPS", sps, step)
-                if step % (10 * args.log_freq) == 0:
-                    print(
-                        f"[offline] step {step}/{args.offline_steps}: {sps:.0f} grad steps/s, "
-                        f"actor loss {float(info['actor_loss']):.3f}, Q {float(info['qf1_values']):.1f}",
-                        flush=True,
-                    )
-            if eval_due(step, args.offline_steps, args, online=False):
-                beta_summary["offline_final_eval"] = run_eval("offline", step)
-        offline_done = args.offline_steps
-        if args.save_model and offline_done > 0:
-            path = os.path.join(run_dir, "offline_checkpoint.pt")
-            torch.save(dict(meta=meta, offline_steps=offline_done, **agent.checkpoint()), path)
-            print(f"saved the offline phase to {path} (fine-tune from it with --load-offline {path})")
-    offline_time = time.time() - t0
-
-    # ---------------- online phase: β for the actor sampled from π_b, one env step + one update ----------------
-    t1 = time.time()
-    online_updates = 0
-    if args.online_steps > 0:
-        env = dataset.recover_environment()
-        if not isinstance(env.observation_space, gym.spaces.Box):
-            env = gym.wrappers.FlattenObservation(env)
-        env.action_space.seed(args.seed)
-        obs, _ = env.reset(seed=args.seed)
-        ep_ret, ep_len, acting = 0.0, 0, BetaStats(args.beta_lo, args.beta_hi)
-        # the policy fine-tuning starts from, on the online curve at env step 0 (before any interaction or update)
-        beta_summary["online_final_eval"] = run_eval("online", 0)
-        for step in range(1, args.online_steps + 1):
-            a, beta = agent.act(obs, deterministic=False)
-            acting.add(beta)
-            next_obs, r, terminated, truncated, _ = env.step(to_env(a))
-            buffer.add_batch(obs[None], a[None], [r], next_obs[None], [float(terminated)])
-            ep_ret, ep_len = ep_ret + float(r), ep_len + 1
-            obs = next_obs
-            if terminated or truncated:
-                log.scalar("online", "charts/episodic_return", ep_ret, step)
-                log.scalar("online", "charts/episodic_length", ep_len, step)
-                obs, _ = env.reset()
-                ep_ret, ep_len = 0.0, 0
-            batch = sample()
-            info = agent.update(batch, online=True)
-            online_updates += 1
-            if step % args.log_freq == 0:
-                log_losses("online", step, info)
-                log_diagnostics("online", step, batch["obs"])
-                sps = step / (time.time() - t1)
-                log.scalar("online", "charts/SPS", sps, step)
-                if step % (10 * args.log_freq) == 0:
-                    print(f"[online] step {step}/{args.online_steps}: {sps:.0f} env+grad steps/s", flush=True)
-            if eval_due(step, args.online_steps, args, online=True):
-                s = log_beta(log, "online", step, acting.flush(), "charts")
-                if s is not None:
-                    beta_summary["online_acting_last_window"] = s
-                beta_summary["online_final_eval"] = run_eval("online", step)
-        env.close()
-    online_time = time.time() - t1
-
-    if args.save_model:
-        torch.save(dict(meta=meta, **agent.checkpoint()), os.path.join(run_dir, f"{args.exp_name}.cleanrl_model"))
-    if args.capture_video:
-        try:
-            venv = gym.wrappers.RecordVideo(
-                make_eval_env(dataset, render_mode="rgb_array"), os.path.join(run_dir, "videos"), disable_logger=True
-            )
-            evaluate(venv, lambda o: to_env(agent.act(o, deterministic=True)[0]), 1, eval_seed)
-            venv.close()
-        except Exception as e:  # a missing renderer must not lose the run's results
-            print(f"warning: video capture failed ({type(e).__name__}: {e})", file=sys.stderr)
-    summary = log.summary(
-        base=args.base,
-        balance=args.balance,
-        reward_scale=r_scale,
-        reward_shift=r_shift,
-        offline_gradient_steps=offline_done,
-        offline_loaded_from=args.load_offline,
-        online_env_steps=args.online_steps,
-        online_gradient_steps=online_updates,
-        stage_times=dict(
-            offline=offline_time, online=online_time, offline_eval=eval_time["offline"], online_eval=eval_time["online"]
-        ),
-        throughput=dict(
-            offline_grad_steps_per_s=args.offline_steps / (offline_time - eval_time["offline"])
-            if args.offline_steps and ckpt is None
-            else None,
-            online_steps_per_s=args.online_steps / (online_time - eval_time["online"]) if args.online_steps else None,
-        ),
-        beta=beta_summary,
-        diagnostics=diagnostics,
-    )
-    eval_env.close()
-    return summary
 
 
 if __name__ == "__main__":
