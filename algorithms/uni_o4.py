@@ -97,12 +97,12 @@ Deviations from the paper / official code (every one is deliberate):
   hot loop (one device→host copy per online env step, for the action).
 - Step budgets default to CPU sizes; each Args docstring gives the paper's budget (every paper configuration sets
   them). Network sizes are the paper's.
-Known behaviour: AM-Q scores with the same Q̂ that drives the improvement, so the gate cannot catch Q̂'s errors.
-On the pendulum datasets, 2000 value steps at width 64 gave a Q̂ whose improvement lowered the real score by ~15
-points while AM-Q accepted it; 5000 steps at width 128 (γ 0.95) raised it by +13 to +27. Budget the value stage.
+Known behaviour: AM-Q scores with the same Q̂ that drives the improvement, so the gate cannot catch Q̂'s errors:
+an under-trained Q̂ can make the improvement lower the real score while AM-Q accepts it. Budget the value stage.
 Symbols: τ = IQL expectile ω (`omega`), α = disagreement weight (Eq. 6), ε = PPO clip, π_k = reference policy.
 """
 
+import contextlib
 import copy
 import json
 import math
@@ -144,8 +144,16 @@ class Args:
     """whether to capture videos of the final evaluation episode (into the run directory's `videos/`)"""
     save_model: bool = False
     """whether to save model checkpoints into the run directory: `offline.pt` after the offline phase (every
-    member's accepted policy π_k, V̂, Q̂, the dynamics model, the selected member, the state statistics) and
-    `online.pt` after fine-tuning (the actor, the critic, the state statistics)"""
+    member's accepted policy π_k, V̂, Q̂, the dynamics model, the selected member, the state statistics and the flags
+    they were trained with; --load-offline reads it) and `online.pt` after fine-tuning (the actor, the critic, the
+    state statistics)"""
+    load_offline: Optional[str] = None
+    """path of an `offline.pt` saved with --save-model: skips the offline training (values, BC, dynamics,
+    improvement, selection) and fine-tunes its selected policy with its V̂; the dataset, the shapes and every flag
+    the saved models were built or trained with must match this run's (exit 2 naming the flag otherwise)"""
+    compile: bool = False
+    """torch.compile the offline improvement step and the online PPO minibatch update (CUDA: mode reduce-overhead,
+    i.e. CUDA graphs)"""
     run_dir: Optional[str] = None
     """where logs, checkpoints and summary.json go (default: runs/{run_name})"""
     dataset_id: str = "o2o/pendulum/medium-replay-v0"
@@ -288,7 +296,1264 @@ class Args:
     fine-tuning scripts use 256)"""
 
 
-# ----------------------------------------------------------------------------------------------
+# ==============================================================================================
+# ALGO LOGIC: networks. Every ensemble keeps its members' weights stacked as (n, in, out), one baddbmm per layer.
+# ==============================================================================================
+class VectorizedLinear(nn.Module):
+    """n independent linear layers. x: (n, B, in), or (B, in) shared by all members -> (n, B, out)."""
+
+    def __init__(self, in_features: int, out_features: int, n: int, *, orthogonal_gain: Optional[float] = None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n, in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(n, 1, out_features))
+        for i in range(n):  # init only, not a hot path
+            if orthogonal_gain is None:  # nn.Linear's default init
+                w = torch.empty(out_features, in_features)
+                nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+                self.weight.data[i] = w.T
+                bound = 1 / math.sqrt(in_features)
+                nn.init.uniform_(self.bias.data[i], -bound, bound)
+            else:
+                nn.init.orthogonal_(self.weight.data[i].T, gain=orthogonal_gain)
+
+    def forward(self, x: torch.Tensor, members: Optional[torch.Tensor] = None) -> torch.Tensor:
+        w, b = (self.weight, self.bias) if members is None else (self.weight[members], self.bias[members])
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(w.shape[0], -1, -1)
+        return torch.baddbmm(b, x, w)
+
+
+class EnsembleMLP(nn.Module):
+    def __init__(self, n, in_dim, hidden, depth, out_dim, act: Callable = F.relu, orthogonal_gain=None):
+        super().__init__()
+        dims = [in_dim] + [hidden] * depth + [out_dim]
+        pairs = zip(dims[:-1], dims[1:])
+        self.layers = nn.ModuleList(VectorizedLinear(i, o, n, orthogonal_gain=orthogonal_gain) for i, o in pairs)
+        self.act, self.n = act, n
+
+    def forward(self, x, members=None):
+        for i, layer in enumerate(self.layers):
+            x = layer(x, members)
+            if i < len(self.layers) - 1:
+                x = self.act(x)
+        return x
+
+
+def gaussian_log_prob(a: torch.Tensor, mu: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """Diagonal Normal log-density summed over action dimensions."""
+    return (-0.5 * ((a - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+class GaussianPolicyEnsemble(nn.Module):
+    """n Gaussian policies. A tanh on the whole output: μ = tanh part (in [−1, 1]); log σ = −5 + 2.5(t + 1),
+    t the other tanh part, so log σ ∈ [−5, 0]; π = Normal(μ, σ), unsquashed (official net.py)."""
+
+    def __init__(self, n, obs_dim, act_dim, hidden=256, depth=3, activation="relu"):
+        super().__init__()
+        act = torch.tanh if activation == "tanh" else F.relu
+        self.net = EnsembleMLP(n, obs_dim, hidden, depth, 2 * act_dim, act, orthogonal_gain=1.0)
+        self.n, self.act_dim = n, act_dim
+
+    def forward(self, obs):
+        mu, t = torch.tanh(self.net(obs)).chunk(2, -1)
+        return mu, -5.0 + 2.5 * (t + 1.0)
+
+    def log_prob(self, obs, act):
+        mu, log_std = self(obs)
+        return gaussian_log_prob(act, mu, log_std)
+
+    def copy_members_from(self, other: "GaussianPolicyEnsemble", mask: torch.Tensor):
+        """π_k ← π for the members where mask is True (vectorised, no loop over members; torch.where, not a
+        boolean-mask assignment, so the device never synchronises with the host)."""
+        with torch.no_grad():
+            for p, q in zip(self.parameters(), other.parameters()):
+                p.copy_(torch.where(mask.view(-1, *([1] * (p.dim() - 1))), q, p))
+
+    def extract(self, i: int) -> "GaussianPolicyEnsemble":
+        single = copy.deepcopy(self)
+        with torch.no_grad():
+            for p in single.parameters():
+                p.data = p.data[i : i + 1].clone()
+        single.n = single.net.n = 1
+        return single
+
+
+class DoubleQ(nn.Module):
+    """Q̂1, Q̂2 as a 2-member ensemble on [s, a] (IQL); `heads=1` for the single SARSA Q of the non-IQL path.
+    Callers take min over the heads, which is the identity for one head."""
+
+    def __init__(self, obs_dim, act_dim, hidden=1024, depth=2, heads=2):
+        super().__init__()
+        self.net = EnsembleMLP(heads, obs_dim + act_dim, hidden, depth, 1)
+
+    def forward(self, obs, act):
+        return self.net(torch.cat([obs, act], -1)).squeeze(-1)  # (heads, B)
+
+
+def mlp(in_dim, hidden, depth, out_dim=1) -> nn.Sequential:
+    dims = [in_dim] + [hidden] * depth
+    layers = []
+    for d_in, d_out in zip(dims[:-1], dims[1:]):
+        layers += [nn.Linear(d_in, d_out), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(dims[-1], out_dim))
+
+
+class ValueNet(nn.Module):
+    def __init__(self, obs_dim, hidden=512, depth=3):
+        super().__init__()
+        self.net = mlp(obs_dim, hidden, depth)
+
+    def forward(self, obs):
+        return self.net(obs).squeeze(-1)
+
+
+class StateNorm:
+    """(s − mean) / std with the dataset's statistics, frozen in both phases."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, device):
+        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device)
+        self.std = torch.as_tensor(std, dtype=torch.float32, device=device)
+
+    def __call__(self, obs):
+        return (obs - self.mean) / self.std
+
+
+# ==============================================================================================
+# ALGO LOGIC: buffers. The dataset as device tensors (the offline stages sample it); one PPO rollout.
+# ==============================================================================================
+def dataset_tensors(data: dict, norm: StateNorm, a_center, a_half, gamma: float, device) -> dict[str, torch.Tensor]:
+    """The dataset on the device, keyed like every batch: normalised `obs`/`next_obs`, `act` mapped to [−1, 1],
+    `rew`, `term`; and for the SARSA path `ends` (an episode's last transition), `next_act` (a′, unused at
+    episode ends) and `mc` (the discounted return to the episode's end)."""
+
+    def to_tensor(x):
+        return torch.as_tensor(x, dtype=torch.float32, device=device)
+
+    act = np.clip((data["actions"] - a_center) / a_half, -1, 1)
+    return dict(
+        obs=norm(to_tensor(data["observations"])),
+        act=to_tensor(act),
+        rew=to_tensor(data["rewards"]),
+        next_obs=norm(to_tensor(data["next_observations"])),
+        term=to_tensor(data["terminals"]),
+        ends=to_tensor(data["episode_ends"]),
+        next_act=to_tensor(np.concatenate([act[1:], act[-1:]])),
+        mc=to_tensor(mc_returns(data["rewards"], data["episode_ends"], gamma)),
+    )
+
+
+def sample(data_t: dict, keys, batch_size: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """A minibatch of `keys`, its indices drawn on the device from `gen`."""
+    i = torch.randint(data_t["obs"].shape[0], (batch_size,), generator=gen, device=data_t["obs"].device)
+    return {k: data_t[k][i] for k in keys}
+
+
+class Rollout:
+    """One PPO rollout, preallocated: `obs` (normalised), `act` (the raw Gaussian sample), `logp` on the device;
+    `rew` (scaled), `next_obs` (raw), `term`, `done` (term or trunc) on the host, where GAE runs."""
+
+    def __init__(self, n: int, obs_dim: int, act_dim: int, device):
+        self.obs = torch.empty(n, obs_dim, device=device)
+        self.act = torch.empty(n, act_dim, device=device)
+        self.logp = torch.empty(n, device=device)
+        self.rew = np.empty(n, dtype=np.float32)
+        self.next_obs = np.empty((n, obs_dim), dtype=np.float32)
+        self.term = np.empty(n, dtype=np.float64)
+        self.done = np.empty(n, dtype=np.float64)
+
+
+# ==============================================================================================
+# ALGO LOGIC: losses and updates
+# ==============================================================================================
+@torch.no_grad()
+def soft_update(target: nn.Module, source: nn.Module, tau: float):
+    """Polyak averaging θ' ← (1 − τ)·θ' + τ·θ over all parameters, in one fused call."""
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+def value_losses(V, Q, Q_target, batch: dict, args: Args) -> tuple[torch.Tensor, torch.Tensor]:
+    """IQL: expectile-τ regression of V̂(s) onto min Q̂_target(s, a), and Q̂(s, a) onto r + γ(1 − term)V̂(s′).
+    --no-iql: V regressed onto the MC return, the single SARSA Q onto r + γ(1 − term)Q̂_target(s′, a′), not
+    bootstrapped at an episode's last transition (no a′ there). Returns (v_loss, q_loss), Q̂ summed over heads."""
+    obs, act, rew, next_obs, term = (batch[k] for k in ("obs", "act", "rew", "next_obs", "term"))
+    if args.iql:
+        with torch.no_grad():
+            q_target = Q_target(obs, act).min(0).values
+        u = q_target - V(obs)
+        v_loss = (torch.where(u > 0, args.omega, 1 - args.omega) * u**2).mean()
+        with torch.no_grad():
+            target = rew + args.gamma * (1 - term) * V(next_obs)
+    else:
+        v_loss = ((V(obs) - batch["mc"]) ** 2).mean()
+        with torch.no_grad():
+            no_bootstrap = torch.maximum(term, batch["ends"])
+            target = rew + args.gamma * (1 - no_bootstrap) * Q_target(next_obs, batch["next_act"]).min(0).values
+    q_loss = ((Q(obs, act) - target) ** 2).mean(1).sum()
+    return v_loss, q_loss
+
+
+def bc_loss(pi: GaussianPolicyEnsemble, obs, act, alpha: float, reg: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum over members of −J(π_i), J of Eq. 6: log π_i(a|s) + α·(log π_i(a|s) − log max_j π_j(a|s)) at dataset
+    pairs, j over the whole ensemble (see the header). Returns (loss, per-member NLL (n,), detached)."""
+    mu, log_std = pi(obs)  # (n, B, act_dim)
+    logp = gaussian_log_prob(act, mu, log_std)  # (n, B)
+    loss = -logp.mean(1)
+    if pi.n > 1 and reg != "none" and alpha != 0:
+        eye = torch.eye(pi.n, dtype=torch.bool, device=obs.device)[:, :, None]
+        others = logp.detach().unsqueeze(0).expand(pi.n, -1, -1).masked_fill(eye, -float("inf"))  # (i, j, B)
+        best_other = others.max(1).values  # max_{j≠i} log π_j(a|s), the other members held fixed
+        if reg == "official":  # max over j ≠ i, detached: the gradient is −(1+α)∇log π_i, a no-op under Adam
+            loss = loss - alpha * (logp - best_other).mean(1)
+        else:  # the paper's max includes π_i: log π_i − max(log π_i, best_other) = −relu(best_other − log π_i) ≤ 0
+            loss = loss + alpha * F.relu(best_other - logp).mean(1)
+    return loss.sum(), -logp.detach().mean(1)
+
+
+def offline_ppo_loss(pi, pi_ref, Q: DoubleQ, V: ValueNet, obs, noise, clip, iql: bool, omega: float):
+    """PPO-clip on dataset states with actions a = μ_k + σ_k·noise from π_k (the reference) and A = min Q̂ − V̂,
+    z-scored per member (`noise` ~ N(0, 1) of shape (n, B, act_dim), drawn by the caller). Returns (loss summed
+    over members, ratio ρ)."""
+    n, batch_size = pi.n, obs.shape[0]
+    with torch.no_grad():
+        mu_k, log_std_k = pi_ref(obs)
+        act = mu_k + log_std_k.exp() * noise  # (n, B, act_dim)
+        logp_k = gaussian_log_prob(act, mu_k, log_std_k)
+        obs_rep = obs.unsqueeze(0).expand(n, -1, -1).reshape(n * batch_size, -1)
+        # Q̂ at the action the env would execute (clamped): Q̂ never saw actions outside [−1, 1]
+        act_env = act.clamp(-1, 1).reshape(n * batch_size, -1)
+        adv = (Q(obs_rep, act_env).min(0).values - V(obs_rep)).view(n, batch_size)
+        adv = (adv - adv.mean(1, keepdim=True)) / (adv.std(1, keepdim=True) + 1e-10)
+        if not iql:
+            adv = torch.where(adv > 0, omega * adv, (1 - omega) * adv)
+    ratio = (pi.log_prob(obs, act) - logp_k).exp()
+    # Policy loss
+    pg_loss1 = ratio * adv
+    pg_loss2 = ratio.clamp(1 - clip, 1 + clip) * adv
+    loss = -torch.min(pg_loss1, pg_loss2).mean(1)
+    return loss.sum(), ratio
+
+
+def clip_grad_norm_per_member(params, max_norm: float):
+    """Gradient-norm clipping applied to each member separately (leading dim = member)."""
+    params = [p for p in params if p.grad is not None]
+    sq = sum(p.grad.pow(2).flatten(1).sum(1) for p in params)
+    scale = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+    for p in params:
+        p.grad.mul_(scale.view(-1, *([1] * (p.dim() - 1))))
+
+
+def clip_schedule(step: int, args: Args) -> float:
+    """ε at improvement step `step` (1-based): linear decay for `clip_decay_steps` steps along the line that
+    reaches 0 at the fixed `clip_decay_horizon` (official: 1e4 steps), then frozen. It does not depend on
+    --offline-steps: with the defaults ε freezes at 0.245 whatever the budget."""
+    return args.clip_ratio * (1 - min(step - 1, args.clip_decay_steps) / args.clip_decay_horizon)
+
+
+def compile_fn(fn, device: torch.device):
+    """torch.compile for --compile: CUDA graphs on a GPU (LeanRL's mode), the default mode on a CPU."""
+    return torch.compile(fn, mode="reduce-overhead" if device.type == "cuda" else None)
+
+
+class UniO4:
+    """The offline stages: V̂, Q̂ and its Polyak target, the policy ensemble π and the reference π_k, and their
+    optimisers (Adam over the stacked weights: the members' losses are summed, so one Adam equals one per member).
+    Update methods take a batch dict (keys `obs, act, rew, next_obs, term`; --no-iql also `ends, next_act, mc`) and
+    return dicts of detached tensors."""
+
+    def __init__(self, args: Args, obs_dim: int, act_dim: int, device):
+        self.args = args
+        self.V = ValueNet(obs_dim, args.v_hidden_dim, args.v_depth).to(device)
+        heads = 2 if args.iql else 1
+        self.Q = DoubleQ(obs_dim, act_dim, args.q_hidden_dim, args.q_depth, heads=heads).to(device)
+        self.Q_target = copy.deepcopy(self.Q).requires_grad_(False)
+        self.v_opt = torch.optim.Adam(self.V.parameters(), lr=args.value_lr)
+        self.q_opt = torch.optim.Adam(self.Q.parameters(), lr=args.value_lr)
+        n, hidden, depth = args.num_policies, args.bc_hidden_dim, args.bc_depth
+        self.pi = GaussianPolicyEnsemble(n, obs_dim, act_dim, hidden, depth, args.pi_activation).to(device)
+        self.pi_ref = copy.deepcopy(self.pi).requires_grad_(False)  # π_k; improve_offline starts it from BC
+        self.bc_opt = torch.optim.Adam(self.pi.parameters(), lr=args.bc_lr)
+        self.pi_opt = torch.optim.Adam(self.pi.parameters(), lr=args.pi_lr)  # improvement: a fresh Adam
+        self.improve_loss = compile_fn(offline_ppo_loss, torch.device(device)) if args.compile else offline_ppo_loss
+
+    def value_update(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        """One V and one Q update; the Polyak target update every `target_update_freq` steps (`step` 1-based)."""
+        v_loss, q_loss = value_losses(self.V, self.Q, self.Q_target, batch, self.args)
+        self.v_opt.zero_grad()
+        v_loss.backward()
+        self.v_opt.step()
+        self.q_opt.zero_grad()
+        q_loss.backward()
+        self.q_opt.step()
+        if step % self.args.target_update_freq == 0:
+            soft_update(self.Q_target, self.Q, self.args.tau)
+        return dict(v_loss=v_loss.detach(), q_loss=q_loss.detach())
+
+    def bc_update(self, batch: dict) -> dict[str, torch.Tensor]:
+        """One ensemble-BC step: all members on the same minibatch. `bc_loss` is summed over members, `nll` (n,)."""
+        loss, nll = bc_loss(self.pi, batch["obs"], batch["act"], self.args.bc_alpha, self.args.bc_reg)
+        self.bc_opt.zero_grad()
+        loss.backward()
+        self.bc_opt.step()
+        return dict(bc_loss=loss.detach(), nll=nll)
+
+    def improve_update(self, batch: dict, clip: float) -> dict[str, torch.Tensor]:
+        """One offline PPO step of every member against π_k, per-member gradient-norm clipping. `policy_loss` is
+        summed over members, `ratio_dev` = mean |ρ − 1|. The actions' noise comes from the global generator."""
+        obs = batch["obs"]
+        noise = torch.randn(self.pi.n, obs.shape[0], self.pi.act_dim, device=obs.device)
+        if self.args.compile:  # a tensor, so that the decaying ε does not recompile the step
+            clip = torch.full((), clip, device=obs.device)
+        adv_args = (self.args.iql, self.args.omega)
+        loss, ratio = self.improve_loss(self.pi, self.pi_ref, self.Q, self.V, obs, noise, clip, *adv_args)
+        self.pi_opt.zero_grad()
+        loss.backward()
+        clip_grad_norm_per_member(self.pi.parameters(), self.args.max_grad_norm)
+        self.pi_opt.step()
+        return dict(policy_loss=loss.detach(), ratio_dev=(ratio.detach() - 1).abs().mean())
+
+    def checkpoint(self, meta: dict, selected: int, dyn, norm: StateNorm, offline_results: dict, diagnostics: dict):
+        """`offline.pt`: every member's accepted policy π_k, V̂, Q̂, the dynamics model, the selected member, the
+        state statistics, the offline results of summary.json, and `meta` (checkpoint_meta: what a load checks)."""
+        models = dict(pi=self.pi_ref.state_dict(), V=self.V.state_dict(), Q=self.Q.state_dict(), dyn=dyn.state_dict())
+        statistics = dict(state_mean=norm.mean, state_std=norm.std)
+        results = dict(offline_results=dict(offline_results), diagnostics=dict(diagnostics))
+        return dict(meta=meta, **models, selected_member=selected, **statistics, **results)
+
+    def load_checkpoint(self, ckpt: dict):
+        """The saved final policies (as π and π_k), V̂ and Q̂."""
+        for module, key in ((self.pi_ref, "pi"), (self.pi, "pi"), (self.V, "V"), (self.Q, "Q")):
+            module.load_state_dict(ckpt[key])
+        self.Q_target.load_state_dict(ckpt["Q"])
+
+
+def ppo_losses(actor, critic, mb: dict, clip: float, ent_coef: float):
+    """Online PPO on a minibatch of the rollout (keys obs, act, logp, adv, ret, v_old): the clipped surrogate with
+    an entropy bonus for the actor, the clipped value loss for the critic."""
+    mu, log_std = actor(mb["obs"])
+    logp = gaussian_log_prob(mb["act"], mu[0], log_std[0])
+    ratio = (logp - mb["logp"]).exp()
+    entropy = (log_std[0] + 0.5 * math.log(2 * math.pi * math.e)).sum(-1).mean()
+    # Policy loss
+    adv = mb["adv"]
+    pg_loss1 = ratio * adv
+    pg_loss2 = ratio.clamp(1 - clip, 1 + clip) * adv
+    pg_loss = -torch.min(pg_loss1, pg_loss2).mean()
+    actor_loss = pg_loss - ent_coef * entropy
+    # Value loss
+    v = critic(mb["obs"])
+    v_clipped = mb["v_old"] + (v - mb["v_old"]).clamp(-clip, clip)
+    v_loss = torch.max((v - mb["ret"]) ** 2, (v_clipped - mb["ret"]) ** 2).mean()
+    clipfrac = ((ratio.detach() - 1).abs() > clip).float().mean()
+    return actor_loss, v_loss, pg_loss, entropy, clipfrac
+
+
+class OnlinePPO:
+    """The online stage: the actor (one member, from the selected offline policy) and the critic (V̂ or its
+    re-fit), with their Adam optimisers (eps 1e-5, learning rates decayed by `anneal`)."""
+
+    def __init__(self, actor: GaussianPolicyEnsemble, critic: ValueNet, args: Args):
+        self.actor, self.critic, self.args = actor, critic, args
+        self.a_opt = torch.optim.Adam(actor.parameters(), lr=args.lr_actor, eps=1e-5)
+        self.c_opt = torch.optim.Adam(critic.parameters(), lr=args.lr_critic, eps=1e-5)
+        device = next(actor.parameters()).device
+        self.losses = compile_fn(ppo_losses, device) if args.compile else ppo_losses
+
+    def anneal(self, frac: float):
+        self.a_opt.param_groups[0]["lr"] = self.args.lr_actor * frac
+        self.c_opt.param_groups[0]["lr"] = self.args.lr_critic * frac
+
+    def ppo_update(self, mb: dict) -> dict[str, torch.Tensor]:
+        """One minibatch update of the actor and the critic (disjoint parameters: one backward of the sum), each
+        gradient-norm clipped. Returns detached policy_loss, value_loss, entropy, clipfrac."""
+        args = self.args
+        actor_loss, v_loss, pg_loss, entropy, clipfrac = self.losses(
+            self.actor, self.critic, mb, args.online_clip, args.ent_coef
+        )
+        self.a_opt.zero_grad()
+        self.c_opt.zero_grad()
+        (actor_loss + v_loss).backward()
+        nn.utils.clip_grad_norm_(self.actor.parameters(), args.max_grad_norm)
+        nn.utils.clip_grad_norm_(self.critic.parameters(), args.max_grad_norm)
+        self.a_opt.step()
+        self.c_opt.step()
+        return dict(
+            policy_loss=pg_loss.detach(), value_loss=v_loss.detach(), entropy=entropy.detach(), clipfrac=clipfrac
+        )
+
+
+# ==============================================================================================
+# ALGO LOGIC: the offline stages (values, ensemble BC), then the dynamics model and AM-Q that gate the improvement
+# ==============================================================================================
+VALUE_KEYS = ("obs", "act", "rew", "next_obs", "term")
+SARSA_KEYS = VALUE_KEYS + ("ends", "next_act", "mc")
+
+
+def fit_values(agent: UniO4, data_t: dict, args: Args, gen: torch.Generator) -> list[dict]:
+    """`value_steps` updates of V̂ and Q̂ on minibatches drawn on the device from `gen`. Returns the statistics
+    every 1000 steps and at the last (losses, mean V̂ of the batch, steps per second), as floats."""
+    keys = VALUE_KEYS if args.iql else SARSA_KEYS
+    history, t0 = [], time.time()
+    for step in range(1, args.value_steps + 1):
+        batch = sample(data_t, keys, args.batch_size, gen)
+        stats = agent.value_update(batch, step)
+        if step % 1000 == 0 or step == args.value_steps:  # a logging step: statistics come to the host
+            with torch.no_grad():
+                v_values = agent.V(batch["obs"]).mean()
+            row = {k: v.item() for k, v in stats.items()}
+            history.append(dict(step=step, **row, v_values=v_values.item(), SPS=step / (time.time() - t0)))
+            if step % 5000 == 0:
+                print(f"[offline/values] step {step}: v_loss {row['v_loss']:.4f} q_loss {row['q_loss']:.4f}")
+    return history
+
+
+def train_bc(agent: UniO4, data_t: dict, args: Args, gen: torch.Generator) -> list[dict]:
+    """`bc_steps` ensemble-BC updates, every member on the same minibatch. Returns the statistics every 1000
+    steps and at the last (loss per member, each member's minibatch NLL, steps per second), as floats."""
+    history, t0 = [], time.time()
+    for step in range(1, args.bc_steps + 1):
+        stats = agent.bc_update(sample(data_t, ("obs", "act"), args.batch_size, gen))
+        if step % 1000 == 0 or step == args.bc_steps:
+            bc_loss_per_member = stats["bc_loss"].item() / agent.pi.n
+            sps = step / (time.time() - t0)
+            history.append(dict(step=step, bc_loss=bc_loss_per_member, nll=stats["nll"].tolist(), SPS=sps))
+    return history
+
+
+@torch.no_grad()
+def bc_nll(pi: GaussianPolicyEnsemble, data_t: dict, max_samples: int = 10_000, chunk: int = 2_048) -> torch.Tensor:
+    """Per-member mean −log π_i(a|s) over (the first `max_samples` of) the dataset's pairs, a tensor (n,)."""
+    n = min(max_samples, data_t["obs"].shape[0])
+    total = torch.zeros(pi.n, device=data_t["obs"].device)
+    for b in range(0, n, chunk):
+        end = min(n, b + chunk)
+        total -= pi.log_prob(data_t["obs"][b:end], data_t["act"][b:end]).sum(1)
+    return total / n
+
+
+class DynamicsEnsemble(nn.Module):
+    """Probabilistic dynamics ensemble for OPE (official transition_model/, from OfflineRL-Kit): a Gaussian over
+    [Δs, r] with a soft-bounded log-variance; rollouts use the elites."""
+
+    WEIGHT_DECAYS = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)  # per layer, the last for the output layer
+
+    def __init__(self, obs_dim, act_dim, members=7, elites=5, hidden=200, depth=4):
+        super().__init__()
+        self.obs_dim, self.out_dim = obs_dim, obs_dim + 1
+        self.net = EnsembleMLP(members, obs_dim + act_dim, hidden, depth, 2 * self.out_dim, F.silu)
+        self.max_logvar = nn.Parameter(torch.full((self.out_dim,), 0.5))
+        self.min_logvar = nn.Parameter(torch.full((self.out_dim,), -10.0))
+        self.register_buffer("in_mu", torch.zeros(obs_dim + act_dim))
+        self.register_buffer("in_std", torch.ones(obs_dim + act_dim))
+        self.register_buffer("elites", torch.arange(elites))
+        self.members, self.n_elites = members, elites
+
+    def forward(self, x, members=None):
+        mean, logvar = self.net((x - self.in_mu) / self.in_std, members).chunk(2, -1)
+        logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
+        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
+        return mean, logvar
+
+    def weight_decay(self):
+        decays = list(self.WEIGHT_DECAYS[: len(self.net.layers) - 1]) + [self.WEIGHT_DECAYS[-1]]
+        decays += [self.WEIGHT_DECAYS[-2]] * (len(self.net.layers) - len(decays))
+        return sum(d * 0.5 * (layer.weight**2).sum() for d, layer in zip(decays, self.net.layers))
+
+    @torch.no_grad()
+    def step(self, obs: torch.Tensor, act: torch.Tensor, gen: Optional[torch.Generator] = None):
+        """One model step on raw states: every elite predicts, one random elite per sample is used."""
+        mean, logvar = self(torch.cat([obs, act], -1), self.elites)
+        noise = torch.randn(mean.shape, generator=gen, device=obs.device)
+        sample = mean + noise * (0.5 * logvar).exp()
+        pick = torch.randint(self.n_elites, (obs.shape[0],), generator=gen, device=obs.device)
+        out = sample[pick, torch.arange(obs.shape[0], device=obs.device)]
+        return obs + out[:, :-1], out[:, -1]
+
+
+def dynamics_update(model: DynamicsEnsemble, opt, x, y) -> dict[str, torch.Tensor]:
+    """One step on per-member minibatches x (M, B, in), y (M, B, out): Gaussian NLL + weight decay + the
+    log-variance bound penalty. Returns the loss, detached."""
+    mean, logvar = model(x)
+    inv_var = (-logvar).exp()
+    nll = (((mean - y) ** 2) * inv_var).mean((1, 2)).sum() + logvar.mean((1, 2)).sum()
+    logvar_bound = 0.01 * (model.max_logvar.sum() - model.min_logvar.sum())
+    loss = nll + model.weight_decay() + logvar_bound
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return dict(dyn_loss=loss.detach())
+
+
+def train_dynamics(model: DynamicsEnsemble, obs, act, rew, next_obs, args: Args, gen: torch.Generator):
+    """Bootstrap per member, holdout min(20%, 1000), stop after `dyn_patience` epochs without a >1% holdout gain
+    of any member, keep each member's best weights, elites = lowest holdout MSE. `gen`: a torch Generator on the
+    data's device (all index draws stay on the device). Returns (summary: epochs, elite and per-member holdout
+    MSE; the mean holdout MSE of every epoch)."""
+    device = obs.device
+    x, y = torch.cat([obs, act], -1), torch.cat([next_obs - obs, rew[:, None]], -1)
+    n = x.shape[0]
+    perm = torch.randperm(n, generator=gen, device=device)
+    n_hold = min(int(0.2 * n), 1000)
+    hold, train = perm[:n_hold], perm[n_hold:]
+    model.in_mu.copy_(x[train].mean(0))
+    model.in_std.copy_(torch.where(x[train].std(0) < 1e-12, torch.ones_like(model.in_std), x[train].std(0)))
+    opt = torch.optim.Adam(model.parameters(), lr=args.dyn_lr)
+    boot = train[torch.randint(len(train), (model.members, len(train)), generator=gen, device=device)]
+    best = torch.full((model.members,), float("inf"), device=device)
+    best_state = copy.deepcopy(model.net.state_dict())
+    epoch, since_update, holdout_curve = 0, 0, []
+    while True:
+        idx = boot[:, torch.randperm(len(train), generator=gen, device=device)]
+        for b in range(0, len(train), args.dyn_batch_size):
+            bi = idx[:, b : b + args.dyn_batch_size]
+            dynamics_update(model, opt, x[bi], y[bi])
+        epoch += 1
+        with torch.no_grad():
+            mean, _ = model(x[hold].unsqueeze(0).expand(model.members, -1, -1))
+            hold_mse = ((mean - y[hold]) ** 2).mean((1, 2))
+        improved = hold_mse < 0.99 * best  # a >1% holdout gain
+        if improved.any():
+            state = model.net.state_dict()
+            for k in best_state:  # per-member snapshot of the improved members
+                best_state[k][improved] = state[k][improved].clone()
+            best = torch.where(improved, hold_mse, best)
+            since_update = 0
+        else:
+            since_update += 1
+        holdout_curve.append(float(hold_mse.mean()))
+        if since_update >= args.dyn_patience or (args.dyn_max_epochs is not None and epoch >= args.dyn_max_epochs):
+            break
+    model.net.load_state_dict(best_state)
+    model.elites.copy_(torch.argsort(best)[: model.n_elites])
+    elite_mse = float(best[model.elites].mean())
+    print(f"[offline/dynamics] {epoch} epochs, elite holdout MSE {elite_mse:.5f}", flush=True)
+    return dict(epochs=epoch, elite_holdout_mse=elite_mse, holdout_mse=best.tolist()), holdout_curve
+
+
+# Termination rules of model rollouts, on raw next states (official termination_fns.py).
+def _term_hopper(s):
+    h, ang = s[:, 0], s[:, 1]
+    healthy = torch.isfinite(s).all(-1) & (s[:, 1:].abs() < 100).all(-1) & (h > 0.7) & (ang.abs() < 0.2)
+    return ~healthy
+
+
+def _term_walker2d(s):
+    h, ang = s[:, 0], s[:, 1]
+    return ~((s.abs() < 100).all(-1) & (h > 0.8) & (h < 2.0) & (ang.abs() < 1.0))
+
+
+def _term_halfcheetah(s):
+    return ~(s.abs() < 100).all(-1)
+
+
+def _term_never(s):
+    return torch.zeros(s.shape[0], dtype=torch.bool, device=s.device)
+
+
+TERMINATION_RULES = {"hopper": _term_hopper, "walker2d": _term_walker2d, "halfcheetah": _term_halfcheetah}
+NEVER_TERMINATES = ("pendulum",)
+
+
+class LearnedTermination(nn.Module):
+    """P(terminal | s') classifier for envs without a hand-written rule."""
+
+    def __init__(self, obs_dim, hidden=200):
+        super().__init__()
+        self.net = mlp(obs_dim, hidden, 2)
+        self.register_buffer("mu", torch.zeros(obs_dim))
+        self.register_buffer("std", torch.ones(obs_dim))
+
+    def forward(self, s):
+        return self.net((s - self.mu) / self.std).squeeze(-1)
+
+    @torch.no_grad()
+    def __call__(self, s):
+        return super().__call__(s) > 0
+
+    def fit(self, next_obs, term, steps, batch_size, gen: torch.Generator) -> float:
+        self.mu.copy_(next_obs.mean(0))
+        self.std.copy_(next_obs.std(0).clamp_min(1e-6))
+        pos_weight = ((1 - term).sum() / term.sum().clamp_min(1)).clamp(1, 100)
+        opt = torch.optim.Adam(self.net.parameters(), lr=1e-3)
+        for _ in range(steps):
+            i = torch.randint(len(next_obs), (batch_size,), generator=gen, device=next_obs.device)
+            loss = F.binary_cross_entropy_with_logits(self.forward(next_obs[i]), term[i], pos_weight=pos_weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return float(loss)
+
+
+@torch.no_grad()
+def am_q(pi, dyn, term_fn, Q, norm: StateNorm, s0_raw, horizon: int, seed: int) -> torch.Tensor:
+    """AM-Q per member: mean min(Q̂1, Q̂2) over the (non-terminated) pairs visited by the deterministic policy
+    in the learned model, from raw start states s0_raw. Same seed -> same model noise (common random numbers)."""
+    n, batch_size = pi.n, s0_raw.shape[0]
+    gen = torch.Generator(device=s0_raw.device).manual_seed(seed)
+    s = s0_raw.unsqueeze(0).expand(n, -1, -1).reshape(n * batch_size, -1)
+    alive = torch.ones(n * batch_size, device=s.device)
+    total, count = torch.zeros_like(alive), torch.zeros_like(alive)
+    for _ in range(horizon):
+        obs = norm(s)
+        act = pi(obs.view(n, batch_size, -1))[0].clamp(-1, 1).reshape(n * batch_size, -1)
+        total += Q(obs, act).min(0).values * alive
+        count += alive
+        s, _ = dyn.step(s, act, gen)
+        bad = ~torch.isfinite(s).all(-1)
+        s = torch.where(bad[:, None], torch.zeros_like(s), s)
+        alive = alive * (~(term_fn(s) | bad)).float()
+        # no early exit once every rollout has terminated: testing that would synchronise the device every model
+        # step; terminated rollouts add nothing to `total` or `count`, so the result is the same
+    return total.view(n, batch_size).sum(1) / count.view(n, batch_size).sum(1)
+
+
+def accept_rule(scores: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+    """π_k ← π only on a strictly better AM-Q than the best so far."""
+    return scores > best
+
+
+def improve_offline(
+    agent: UniO4, data_t: dict, score: Callable, best: torch.Tensor, args: Args, gen, log, eval_selected: Callable
+) -> dict:
+    """The multi-step improvement: `offline_steps` PPO-clip steps of every member against its reference π_k, and
+    every `ope_freq` steps (and at the last) an OPE round that replaces π_k by π where AM-Q (`score`) strictly
+    beats the best so far (`best`, updated in place of the returned tensor). `eval_selected(step, best)` runs the
+    intermediate real evaluations every `eval_freq` steps. Returns best, accepts per member, accepted steps."""
+    accepts = np.zeros(agent.pi.n, dtype=int)
+    accept_steps: list[list[int]] = [[] for _ in range(agent.pi.n)]  # the improvement steps of each accepted round
+    t0 = time.time()
+    for step in range(1, args.offline_steps + 1):
+        agent.pi_opt.param_groups[0]["lr"] = args.pi_lr * (1 - (step - 1) / args.offline_steps)
+        clip = clip_schedule(step, args)
+        stats = agent.improve_update(sample(data_t, ("obs",), args.batch_size, gen), clip)
+        if step % 100 == 0:
+            log.scalar("offline", "losses/policy_loss", stats["policy_loss"].item() / agent.pi.n, step)
+            log.scalar("offline", "losses/ratio_dev", stats["ratio_dev"].item(), step)
+            log.scalar("offline", "charts/clip_ratio", clip, step)
+            log.scalar("offline", "charts/SPS", step / (time.time() - t0), step)
+        if step % args.ope_freq == 0 or step == args.offline_steps:
+            scores = score(agent.pi)
+            accepted = accept_rule(scores, best)
+            agent.pi_ref.copy_members_from(agent.pi, accepted)
+            best = torch.where(accepted, scores, best)
+            # an OPE round is a logging step: its statistics come to the host once per round
+            accepted_l, scores_l, best_l = accepted.tolist(), scores.tolist(), best.tolist()
+            accepts += np.array(accepted_l, dtype=int)
+            for m in range(agent.pi.n):
+                if accepted_l[m]:
+                    accept_steps[m].append(step)
+                log.scalar("offline", f"ope/amq_member{m}", scores_l[m], step)
+                log.scalar("offline", f"ope/best_amq_member{m}", best_l[m], step)
+                log.scalar("offline", f"ope/accept_member{m}", float(accepted_l[m]), step)
+            am_q_rounded = [round(x, 2) for x in scores_l]
+            print(f"[offline/ope] step {step}: AM-Q {am_q_rounded} accept {[int(x) for x in accepted_l]}", flush=True)
+        if step % args.eval_freq == 0 and step != args.offline_steps:
+            eval_selected(step, best)
+    return dict(best=best, accepts=accepts, accept_steps=accept_steps)
+
+
+# ==============================================================================================
+# ALGO LOGIC: the online stage (PPO): value re-fit, rollout, GAE, epochs of minibatch updates
+# ==============================================================================================
+class RunningReturnStd:
+    """÷ running std of the discounted return (dynamic reward scaling), reset at episode starts."""
+
+    def __init__(self, gamma):
+        self.gamma, self.ret, self.n, self.mean, self.m2 = gamma, 0.0, 0, 0.0, 0.0
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.n) if self.n > 1 else 1.0
+
+    def __call__(self, r: float, episode_start: bool) -> float:
+        self.ret = r + (0.0 if episode_start else self.gamma * self.ret)
+        self.n += 1
+        d = self.ret - self.mean
+        self.mean += d / self.n
+        self.m2 += d * (self.ret - self.mean)
+        return r / (self.std + 1e-8)
+
+    def warm_up(self, rewards: np.ndarray, episode_ends: np.ndarray):
+        """The statistics after calling self on every dataset reward in order (episodes delimited by
+        `episode_ends`), vectorised per episode: the forward discounted returns, merged into the running mean
+        and M2 in one step (Chan et al.'s parallel update)."""
+        eps = _episodes(episode_ends)
+        if not eps:
+            return
+        rets = np.concatenate([discounted_cumsum(rewards[ep][::-1], self.gamma)[::-1] for ep in eps])
+        n, mean = len(rets), float(rets.mean())
+        m2 = float(((rets - mean) ** 2).sum())
+        d, tot = mean - self.mean, self.n + n
+        self.m2 += m2 + d * d * self.n * n / tot
+        self.mean += d * n / tot
+        self.n, self.ret = tot, float(rets[-1])
+
+
+def make_reward_scale(args: Args, data: dict) -> Optional[Callable[[float, bool], float]]:
+    """r ↦ scaled r for --reward-scale (None: unscaled); `dynamic` starts from the whole dataset's statistics."""
+    if args.reward_scale == "number":
+        return lambda r, episode_start: r * args.reward_scale_factor
+    if args.reward_scale == "dynamic":
+        scale_fn = RunningReturnStd(args.gamma)
+        scale_fn.warm_up(data["rewards"], data["episode_ends"])
+        return scale_fn
+    return None
+
+
+def refit_targets(rewards: np.ndarray, episode_ends: np.ndarray, args: Args, scale_fn) -> np.ndarray:
+    """MC returns of the scaled dataset rewards, the targets of the online V re-fit: rewards × reward_scale_factor
+    (`number`), or ÷ the std of a warmed-up RunningReturnStd `scale_fn` (`dynamic`): the scale the online rewards
+    start with, not that of fresh statistics, which are unsettled for the first rewards."""
+    if args.reward_scale == "number":
+        r_sc = rewards * args.reward_scale_factor
+    else:
+        r_sc = rewards / (scale_fn.std + 1e-8)
+    return mc_returns(r_sc.astype(np.float32), episode_ends, args.gamma)
+
+
+def refit_value(critic: ValueNet, obs: torch.Tensor, returns: torch.Tensor, args: Args, gen) -> dict:
+    """`value_refit_steps` Adam steps regressing the fresh online V onto the scaled MC returns."""
+    opt = torch.optim.Adam(critic.parameters(), lr=args.value_lr)
+    loss = torch.zeros(())
+    for _ in range(args.value_refit_steps):
+        i = torch.randint(returns.shape[0], (args.batch_size,), generator=gen, device=returns.device)
+        # Value loss
+        loss = ((critic(obs[i]) - returns[i]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return dict(refit_loss=loss.detach())
+
+
+def gae(rewards, values, next_values, terminated, dones, gamma: float, lam: float):
+    """GAE: bootstrapping is cut only by `terminated`; the recursion is reset at every episode end (`dones`,
+    time limits included), where V(s') of the truncated state still bootstraps δ."""
+    adv = np.zeros_like(rewards)
+    last = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        delta = rewards[t] + gamma * (1 - terminated[t]) * next_values[t] - values[t]
+        last = delta + gamma * lam * (1 - dones[t]) * last
+        adv[t] = last
+    return adv
+
+
+def collect_rollout(env, actor, norm: StateNorm, env_state: dict, n_rollout: int, act_map, scale_fn, log) -> Rollout:
+    """`n_rollout` env steps with the stochastic actor. `env_state` (obs, ep_ret, ep_len, episode_start, step)
+    carries across rollouts; finished episodes are logged. One device→host copy per step, for the action."""
+    a_center, a_half = act_map
+    device = next(actor.parameters()).device
+    obs_dim, act_dim = env_state["obs"].size, actor.act_dim
+    rollout = Rollout(n_rollout, obs_dim, act_dim, device)
+    for t in range(n_rollout):
+        obs = norm(torch.as_tensor(env_state["obs"], dtype=torch.float32, device=device).reshape(1, -1))
+        with torch.no_grad():
+            mu, log_std = actor(obs)
+            act = (mu + log_std.exp() * torch.randn_like(mu))[0, 0]
+            logp = gaussian_log_prob(act, mu[0, 0], log_std[0, 0])
+        env_act = a_center + a_half * act.clamp(-1, 1).cpu().numpy()
+        next_obs, rew, term, trunc, _ = env.step(env_act)
+        env_state["step"] += 1
+        env_state["ep_ret"], env_state["ep_len"] = env_state["ep_ret"] + float(rew), env_state["ep_len"] + 1
+        rew_used = float(rew) if scale_fn is None else scale_fn(float(rew), env_state["episode_start"])
+        env_state["episode_start"] = False
+        rollout.obs[t], rollout.act[t], rollout.logp[t] = obs[0], act, logp
+        rollout.rew[t], rollout.next_obs[t] = rew_used, next_obs
+        rollout.term[t], rollout.done[t] = float(term), float(term or trunc)
+        if term or trunc:
+            log.scalar("online", "charts/episodic_return", env_state["ep_ret"], env_state["step"])
+            log.scalar("online", "charts/episodic_length", env_state["ep_len"], env_state["step"])
+            env_state["obs"], _ = env.reset()
+            env_state.update(ep_ret=0.0, ep_len=0, episode_start=True)
+        else:
+            env_state["obs"] = next_obs
+    return rollout
+
+
+def ppo_epochs(ppo: OnlinePPO, rollout: Rollout, norm: StateNorm, args: Args, gen) -> tuple[dict, int]:
+    """GAE on the rollout, then `update_epochs` epochs of minibatch updates. Returns the means of each statistic
+    over every minibatch (detached tensors) and the number of minibatch updates."""
+    n_rollout = rollout.obs.shape[0]
+    device = rollout.obs.device
+    b_next_obs = norm(torch.as_tensor(rollout.next_obs, dtype=torch.float32, device=device))
+    with torch.no_grad():
+        values, next_values = ppo.critic(rollout.obs).cpu().numpy(), ppo.critic(b_next_obs).cpu().numpy()
+    adv = gae(rollout.rew, values, next_values, rollout.term, rollout.done, args.gamma, args.gae_lambda)
+    b_returns = torch.as_tensor(adv + values, dtype=torch.float32, device=device)
+    b_adv = torch.as_tensor(adv, dtype=torch.float32, device=device)
+    if n_rollout > 1:
+        b_adv = (b_adv - b_adv.mean()) / (b_adv.std() + 1e-5)
+    b_values = torch.as_tensor(values, dtype=torch.float32, device=device)
+    batch = dict(obs=rollout.obs, act=rollout.act, logp=rollout.logp, adv=b_adv, ret=b_returns, v_old=b_values)
+    totals: dict[str, torch.Tensor] = {}
+    n_updates = 0
+    for _ in range(args.update_epochs):
+        perm = torch.randperm(n_rollout, generator=gen, device=device)
+        for start in range(0, n_rollout, args.minibatch_size):
+            mb_inds = perm[start : start + args.minibatch_size]
+            stats = ppo.ppo_update({k: v[mb_inds] for k, v in batch.items()})
+            totals = {k: totals.get(k, 0) + v for k, v in stats.items()}
+            n_updates += 1
+    return {k: v / n_updates for k, v in totals.items()}, n_updates
+
+
+def online_eval_due(args: Args, lo: int, hi: int) -> bool:
+    """Whether an online evaluation fell due at an env step t in (lo, hi]: t % eval_freq == 0, or an early step
+    (t <= early_eval_until and t % early_eval_freq == 0). The PPO loop asks after each rollout's update, hi being
+    the env steps so far and lo those at the previous rollout's end, so each due step is evaluated at the first
+    rollout end at or after it; step 0 (before any online interaction) and the last step are always evaluated."""
+    if (lo // args.eval_freq + 1) * args.eval_freq <= hi:
+        return True
+    if args.early_eval_freq > 0:
+        first_early = (lo // args.early_eval_freq + 1) * args.early_eval_freq
+        return first_early <= min(hi, args.early_eval_until)
+    return False
+
+
+def policy_actor(pi: GaussianPolicyEnsemble, member: int, norm: StateNorm, a_center, a_half, device):
+    """The deterministic action of member `member` (its clamped mean), mapped to the env's Box."""
+
+    def act(obs):
+        with torch.no_grad():
+            obs_t = norm(torch.as_tensor(obs, dtype=torch.float32, device=device).reshape(1, -1))
+            mu = pi(obs_t)[0][member, 0].clamp(-1, 1).cpu().numpy()
+        return a_center + a_half * mu
+
+    return act
+
+
+class PolicyEvaluator:
+    """Deterministic real-env evaluation of one policy member: --eval-episodes episodes from the run's evaluation
+    seeds, timed as the `eval` stage. `env_steps` counts the env steps every evaluation spent."""
+
+    def __init__(self, env, dataset, norm: StateNorm, act_map, args: Args, log, device):
+        self.env, self.dataset, self.norm, self.act_map, self.args, self.log = env, dataset, norm, act_map, args, log
+        self.device, self.env_steps = device, 0
+
+    def __call__(self, pi: GaussianPolicyEnsemble, member: int, seed_offset: int = 10_000):
+        """-> (returns of the episodes, normalized score of their mean or None)."""
+        act = policy_actor(pi, member, self.norm, *self.act_map, self.device)
+
+        def counted(obs):
+            self.env_steps += 1
+            return act(obs)
+
+        with self.log.timer("eval"):
+            returns = evaluate(self.env, counted, self.args.eval_episodes, self.args.seed + seed_offset)
+        return returns, normalized_score(self.dataset, float(returns.mean()))
+
+
+# ==============================================================================================
+# ALGO LOGIC: main — the offline phase (values → BC → dynamics → gated improvement → selection), then online PPO
+# ==============================================================================================
+def main(args: Args) -> dict:
+    validate(args)
+    # data, environment and checkpoint checks happen before the run directory exists
+    try:
+        dataset = load_minari_dataset(args.dataset_id, args.download)
+        data = dataset_to_transitions(dataset)
+        eval_env = make_eval_env(dataset)
+        space = eval_env.action_space
+        if not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
+            raise DatasetError(f"action space {space} is unbounded; Uni-O4's tanh-mean policy needs bounds")
+        env_id = dataset.env_spec.id if dataset.env_spec is not None else ""
+        obs_dim, act_dim = data["observations"].shape[1], data["actions"].shape[1]
+        termination = (args.termination, "")
+        if args.phases != "online" and args.load_offline is None:
+            termination = select_termination(env_id, data["terminals"], args.termination)
+        meta = checkpoint_meta(args, env_id, obs_dim, act_dim)
+        ckpt = load_offline_checkpoint(args.load_offline, meta) if args.load_offline else None
+    except DatasetError as e:
+        fail(str(e))
+    run_name = f"{args.dataset_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = args.run_dir or os.path.join("runs", run_name)
+    if args.track:
+        import wandb
+
+        wandb_cfg = dict(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True)
+        wandb.init(**wandb_cfg, config=vars(args), name=run_name, save_code=True)
+    seed_everything(args.seed, args.torch_deterministic)
+    rng = np.random.default_rng(args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    log = RunLogger(args, run_dir)
+
+    act_map = (((space.high + space.low) / 2).astype(np.float32), ((space.high - space.low) / 2).astype(np.float32))
+    norm = StateNorm(*state_statistics(data["observations"], args.state_norm), device)
+    data_t = dataset_tensors(data, norm, *act_map, args.gamma, device)
+    gen = torch.Generator(device=device).manual_seed(args.seed)  # minibatch indices are drawn on the device
+    evaluate_policy = PolicyEvaluator(eval_env, dataset, norm, act_map, args, log, device)
+    # the initial actor of --phases online, drawn first in every run, so every run draws its weights in one order
+    actor = GaussianPolicyEnsemble(1, obs_dim, act_dim, args.bc_hidden_dim, args.bc_depth, args.pi_activation)
+    actor, V = actor.to(device), None
+    extra: dict = dict(termination_rule=None, selection_env_steps=0, offline_gradient_steps=0)
+    diagnostics: dict = {}  # summary.json["diagnostics"]: plain floats and lists
+
+    # ================================ offline ================================
+    if ckpt is not None:
+        agent = UniO4(args, obs_dim, act_dim, device)
+        agent.load_checkpoint(ckpt)
+        sel = int(ckpt["selected_member"])
+        print(f"[offline] loaded {args.load_offline} (selected member {sel}): offline training skipped", flush=True)
+        log.eval("offline", args.offline_steps, *evaluate_policy(agent.pi_ref, sel))
+        extra.update(ckpt["offline_results"], offline_loaded_from=args.load_offline)
+        diagnostics.update(ckpt["diagnostics"])
+        actor, V = agent.pi_ref.extract(sel).requires_grad_(True), agent.V
+    elif args.phases != "online":
+        agent = UniO4(args, obs_dim, act_dim, device)
+        setup = (data, data_t, norm, termination, evaluate_policy, log, gen, rng)
+        sel, dyn = offline_phase(agent, args, *setup, extra, diagnostics)
+        actor, V = agent.pi_ref.extract(sel).requires_grad_(True), agent.V
+        if args.save_model:
+            ckpt = agent.checkpoint(meta, sel, dyn, norm, extra, diagnostics)
+            torch.save(ckpt, os.path.join(run_dir, "offline.pt"))
+
+    # ================================ online ================================
+    online_steps = args.online_steps if args.phases != "offline" else 0
+    online_grad_steps = 0
+    if online_steps > 0:
+        with log.timer("online_setup"):
+            scale_fn = make_reward_scale(args, data)
+            critic = online_critic(V, scale_fn, data, data_t, args, gen)
+        ppo = OnlinePPO(actor, critic, args)
+        log.eval("online", 0, *evaluate_policy(actor, 0))  # the curve starts at the policy fine-tuning starts from
+        env = dataset.recover_environment()
+        if not isinstance(env.observation_space, gym.spaces.Box):
+            env = gym.wrappers.FlattenObservation(env)
+        env_state = dict(obs=env.reset(seed=args.seed)[0], ep_ret=0.0, ep_len=0, episode_start=True, step=0)
+        start_time = time.time()
+        while env_state["step"] < online_steps:
+            with log.timer("online"):
+                rollout_start = env_state["step"]
+                n_rollout = min(args.num_steps, online_steps - rollout_start)
+                ppo.anneal(1 - rollout_start / online_steps)
+                rollout = collect_rollout(env, actor, norm, env_state, n_rollout, act_map, scale_fn, log)
+                stats, n_updates = ppo_epochs(ppo, rollout, norm, args, gen)
+                online_grad_steps += n_updates
+                global_step = env_state["step"]
+                # means over every minibatch of the update (all epochs), brought to the host once per rollout
+                for tag, value in zip(stats, torch.stack(list(stats.values())).tolist()):
+                    log.scalar("online", f"losses/{tag}", value, global_step)
+                log.scalar("online", "charts/SPS", global_step / (time.time() - start_time), global_step)
+            if online_eval_due(args, rollout_start, global_step) or global_step == online_steps:
+                log.eval("online", global_step, *evaluate_policy(actor, 0))  # after the update, at the rollout's end
+        if args.save_model:  # the fine-tuned policy, with the frozen state statistics it acts on
+            online_ckpt = dict(pi=actor.state_dict(), V=critic.state_dict(), state_mean=norm.mean, state_std=norm.std)
+            torch.save(online_ckpt, os.path.join(run_dir, "online.pt"))
+    summary = log.summary(
+        online_env_steps=online_steps, online_gradient_steps=online_grad_steps, diagnostics=diagnostics, **extra
+    )
+    stage_times = {k: round(v, 1) for k, v in summary["stage_times"].items()}
+    print(f"summary: offline {summary['offline']} | online {summary['online']} | stage times {stage_times}", flush=True)
+    return summary
+
+
+def offline_phase(
+    agent: UniO4, args: Args, data, data_t, norm, termination, evaluate_policy, log, gen, rng, extra, diagnostics
+):
+    """Values, ensemble BC, the dynamics model, the AM-Q-gated improvement, the selection. Fills `extra` and
+    `diagnostics` (summary.json) and returns (selected member, dynamics model); the final policies are
+    agent.pi_ref's members."""
+    pi, device = agent.pi, data_t["obs"].device
+    with log.timer("values"):
+        for row in fit_values(agent, data_t, args, gen):
+            for tag in ("losses/v_loss", "losses/q_loss", "values/v_values", "values/SPS"):
+                log.scalar("offline", tag, row[tag.split("/")[1]], row["step"])
+    print(f"[offline/values] {args.value_steps} steps in {log.stage_times['values']:.0f}s", flush=True)
+
+    with log.timer("bc"):
+        for row in train_bc(agent, data_t, args, gen):
+            log.scalar("offline", "losses/bc_loss", row["bc_loss"], row["step"])
+            for m, v in enumerate(row["nll"]):  # minibatch NLL of each member: a collapsing member shows here
+                log.scalar("offline", f"bc/nll_member{m}", v, row["step"])
+            log.scalar("offline", "bc/SPS", row["SPS"], row["step"])
+        bc_member_nll = bc_nll(pi, data_t).tolist()
+    member_nll = [round(x, 3) for x in bc_member_nll]
+    print(f"[offline/bc] {args.bc_steps} steps in {log.stage_times['bc']:.0f}s; member NLL {member_nll}", flush=True)
+
+    def evaluate_members(step: int) -> tuple[list, list, list]:
+        """Every member of π_k: returns, normalized scores, scores (normalized, else the mean return)."""
+        rets, normalized, scores = [], [], []
+        for i in range(pi.n):
+            ret, score = evaluate_policy(agent.pi_ref, i)
+            rets.append(ret)
+            normalized.append(score)
+            scores.append(score if score is not None else float(ret.mean()))
+            log.scalar("offline", f"eval/member{i}_return", float(ret.mean()), step)
+        return rets, normalized, scores
+
+    with log.timer("dynamics"):
+        obs_dim, act_dim = data_t["obs"].shape[1], data_t["act"].shape[1]
+        dyn_sizes = (args.dyn_members, args.dyn_elites, args.dyn_hidden_dim, args.dyn_depth)
+        dyn = DynamicsEnsemble(obs_dim, act_dim, *dyn_sizes).to(device)
+        raw_obs = torch.as_tensor(data["observations"], dtype=torch.float32, device=device)
+        raw_next_obs = torch.as_tensor(data["next_observations"], dtype=torch.float32, device=device)
+        dyn_args = (raw_obs, data_t["act"], data_t["rew"], raw_next_obs, args, gen)
+        extra["dynamics"], holdout_curve = train_dynamics(dyn, *dyn_args)
+        for epoch, mse in enumerate(holdout_curve, 1):
+            log.scalar("offline", "dynamics/holdout_mse", mse, epoch)
+        log.scalar("offline", "dynamics/elite_holdout_mse", extra["dynamics"]["elite_holdout_mse"], len(holdout_curve))
+        term_choice, term_reason = termination
+        if term_choice == "learned":
+            term_fn = LearnedTermination(obs_dim).to(device)
+            loss = term_fn.fit(raw_next_obs, data_t["term"], args.term_steps, args.batch_size, gen)
+            term_reason += f" (final BCE {loss:.4f})"
+        else:
+            term_fn = TERMINATION_RULES.get(term_choice, _term_never)
+        extra["termination_rule"] = f"{term_choice}: {term_reason}"
+        print(f"[offline/dynamics] termination: {extra['termination_rule']}", flush=True)
+
+    # ---- multi-step improvement with the AM-Q gate ----
+    with log.timer("improvement"):
+        s0 = raw_obs[torch.as_tensor(rng.integers(0, raw_obs.shape[0], args.ope_num_states), device=device)]
+        ope_seed = int(rng.integers(1 << 31))
+
+        def score(policy):
+            return am_q(policy, dyn, term_fn, agent.Q, norm, s0, args.ope_horizon, ope_seed)
+
+        agent.pi_ref.load_state_dict(pi.state_dict())  # π_k ← the BC policy
+        best = score(agent.pi_ref)
+        bc_amq = best.clone()
+        for i in range(pi.n):
+            log.scalar("offline", f"ope/amq_member{i}", float(best[i]), 0)
+        sel = int(best.argmax())
+        bc_rets, bc_normalized, bc_scores = evaluate_members(0)
+        log.eval("offline", 0, bc_rets[sel], bc_normalized[sel])
+        for i in range(pi.n):  # each BC member's real score and dataset NLL, side by side
+            log.scalar("offline", f"bc/score_member{i}", bc_scores[i], args.bc_steps)
+            log.scalar("offline", f"bc/final_nll_member{i}", bc_member_nll[i], args.bc_steps)
+        extra.update(bc_score=bc_scores[sel], bc_member_scores=bc_scores, bc_member=sel)
+
+        def evaluate_selected(step: int, best: torch.Tensor):
+            log.eval("offline", step, *evaluate_policy(agent.pi_ref, int(best.argmax())))
+
+        result = improve_offline(agent, data_t, score, best, args, gen, log, evaluate_selected)
+        best, accepts = result["best"], result["accepts"]
+
+    # ---- selection and the final offline evaluation ----
+    with log.timer("offline_eval"):
+        sel = int(best.argmax())
+        if args.select_with_env:  # official: the top k by AM-Q, then the best real return
+            top = torch.argsort(best, descending=True)[: args.select_top_k].tolist()
+            steps_before = evaluate_policy.env_steps
+            env_scores = [evaluate_policy(agent.pi_ref, m, seed_offset=20_000)[0].mean() for m in top]
+            sel = top[int(np.argmax(env_scores))]
+            extra["selection_env_steps"] = evaluate_policy.env_steps - steps_before  # a hidden online budget
+            spent = extra["selection_env_steps"]
+            print(f"[offline] --select-with-env spent {spent} real env steps choosing member {sel}")
+        if args.offline_steps > 0 or sel != extra["bc_member"]:
+            final_rets, final_normalized, final_scores = evaluate_members(args.offline_steps)
+            log.eval("offline", args.offline_steps, final_rets[sel], final_normalized[sel])
+        else:  # nothing changed since the evaluation after BC
+            final_scores = bc_scores
+    final_amq = best.tolist()  # AM-Q of each member's accepted reference policy, i.e. of the final policies
+    for m in range(pi.n):
+        log.scalar("offline", f"ope/final_amq_member{m}", final_amq[m], args.offline_steps)
+        log.scalar("offline", f"ope/final_score_member{m}", final_scores[m], args.offline_steps)
+    extra.update(
+        improved_score=final_scores[sel],
+        improved_member_scores=final_scores,
+        selected_member=sel,
+        bc_amq=bc_amq.tolist(),
+        final_amq=final_amq,
+        accepts=accepts.tolist(),
+        offline_gradient_steps=args.offline_steps,
+        value_gradient_steps=args.value_steps,
+        bc_gradient_steps=args.bc_steps,
+    )
+    diagnostics.update(
+        bc_member_scores=[float(x) for x in bc_scores],
+        bc_member_nll=bc_member_nll,
+        accepted_rounds=int(accepts.sum()),
+        accepted_rounds_per_member=accepts.tolist(),
+        accepted_round_steps=result["accept_steps"],
+        ope_rounds=args.offline_steps // args.ope_freq + int(args.offline_steps % args.ope_freq > 0),
+        final_amq_member=final_amq,
+        final_score_member=[float(x) for x in final_scores],
+        selected_member=sel,
+        selected_final_amq=final_amq[sel],
+        selected_final_score=float(final_scores[sel]),
+    )
+    summary = f"BC score {bc_scores} -> improved {final_scores}; selected member {sel}, accepts {accepts.tolist()}"
+    print(f"[offline] {summary}", flush=True)
+    return sel, dyn
+
+
+def online_critic(V: Optional[ValueNet], scale_fn, data: dict, data_t: dict, args: Args, gen) -> ValueNet:
+    """The critic fine-tuning starts from: the offline V̂ when rewards are unscaled; with scaled rewards a fresh V
+    (--value-refit-hidden-dim wide) re-fit to MC returns of the scaled dataset rewards; a fresh V online-only."""
+    obs_dim, device = data_t["obs"].shape[1], data_t["obs"].device
+    if V is None:
+        return ValueNet(obs_dim, args.v_hidden_dim, args.v_depth).to(device)
+    if scale_fn is None:
+        return V
+    critic = ValueNet(obs_dim, args.value_refit_hidden_dim or args.v_hidden_dim, args.v_depth).to(device)
+    returns = refit_targets(data["rewards"], data["episode_ends"], args, scale_fn)
+    refit_value(critic, data_t["obs"], torch.as_tensor(returns, dtype=torch.float32, device=device), args, gen)
+    return critic
+
+
+# ==============================================================================================
+# Per-file setup (not algorithm logic): flag checks, dataset transforms, offline checkpoints, paper configurations
+# ==============================================================================================
+NON_NEGATIVE = tuple(
+    "offline_steps online_steps value_steps bc_steps term_steps value_refit_steps early_eval_freq early_eval_until "
+    "clip_decay_steps".split()
+)
+POSITIVE = tuple(
+    "eval_freq eval_episodes batch_size num_policies ope_freq ope_horizon ope_num_states clip_decay_horizon num_steps "
+    "minibatch_size update_epochs dyn_members dyn_elites dyn_batch_size".split()
+)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def validate(args: Args):
+    checks = [(getattr(args, k) < 0, f"{_flag(k)} must be >= 0, got {getattr(args, k)}") for k in NON_NEGATIVE]
+    checks += [(getattr(args, k) <= 0, f"{_flag(k)} must be > 0, got {getattr(args, k)}") for k in POSITIVE]
+    refit_width = args.value_refit_hidden_dim
+    checks += [
+        (
+            args.dyn_elites > args.dyn_members,
+            f"--dyn-elites ({args.dyn_elites}) cannot exceed --dyn-members ({args.dyn_members})",
+        ),
+        (not 0 < args.omega < 1, f"--omega must be in (0, 1), got {args.omega}"),
+        (
+            not 0 < args.gamma <= 1 or not 0 <= args.gae_lambda <= 1,
+            "--gamma must be in (0, 1] and --gae-lambda in [0, 1]",
+        ),
+        (args.clip_ratio <= 0 or args.online_clip <= 0, "--clip-ratio and --online-clip must be > 0"),
+        (args.phases == "online" and args.online_steps == 0, "--phases online needs --online-steps > 0"),
+        (refit_width is not None and refit_width <= 0, f"--value-refit-hidden-dim must be > 0, got {refit_width}"),
+        (args.select_top_k <= 0, f"--select-top-k must be > 0, got {args.select_top_k}"),
+        (args.early_eval_freq > 0 and args.early_eval_until == 0, "--early-eval-freq > 0 needs --early-eval-until > 0"),
+        (
+            args.clip_decay_steps > args.clip_decay_horizon,
+            f"--clip-decay-steps ({args.clip_decay_steps}) cannot exceed --clip-decay-horizon "
+            f"({args.clip_decay_horizon}): ε would turn negative",
+        ),
+        (
+            args.load_offline is not None and args.phases != "offline-online",
+            f"--load-offline fine-tunes a saved offline phase: it needs --phases offline-online, got {args.phases}",
+        ),
+    ]
+    check_flags(checks)
+
+
+def state_statistics(obs: np.ndarray, state_norm: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The dataset's state mean and std (a zero std replaced by 1); (0, 1) without --state-norm."""
+    mean, std = obs.mean(0), obs.std(0)
+    std = np.where(std < 1e-12, 1.0, std)
+    if not state_norm:
+        return np.zeros_like(mean), np.ones_like(std)
+    return mean, std
+
+
+def discounted_cumsum(x: np.ndarray, gamma: float, block: int = 256) -> np.ndarray:
+    """y[t] = Σ_{k≥t} γ^(k−t)·x[k] over one episode, in float64, vectorised in blocks (a Python loop over
+    len(x)/block blocks, not over steps); the block is short enough for γ^block not to underflow."""
+    x = np.asarray(x, dtype=np.float64)
+    if gamma < 1:
+        block = int(max(1, min(block, -200 / math.log10(gamma))))
+    pw = gamma ** np.arange(block, dtype=np.float64)
+    y, carry = np.empty_like(x), 0.0
+    for end in range(len(x), 0, -block):
+        start = max(0, end - block)
+        p = pw[: end - start]
+        # within the block Σ_{k≥t} γ^(k−t) x_k, plus γ^(block end − t) × the return where the next block starts
+        y[start:end] = np.cumsum((x[start:end] * p)[::-1])[::-1] / p + carry * gamma * p[::-1]
+        carry = y[start]
+    return y
+
+
+def _episodes(episode_ends: np.ndarray) -> list[slice]:
+    """Slices of the episodes: each ends at a True of `episode_ends` (or at the array's end)."""
+    bounds = np.concatenate([[0], np.flatnonzero(episode_ends) + 1])
+    if bounds[-1] != len(episode_ends):
+        bounds = np.append(bounds, len(episode_ends))
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def mc_returns(rewards: np.ndarray, episode_ends: np.ndarray, gamma: float) -> np.ndarray:
+    """Discounted return to each episode's end (resets at every episode end), vectorised per episode."""
+    out = np.empty(len(rewards), dtype=np.float64)
+    for ep in _episodes(episode_ends):
+        out[ep] = discounted_cumsum(rewards[ep], gamma)
+    return out.astype(np.asarray(rewards).dtype)
+
+
+def select_termination(env_id: str, terminals: np.ndarray, choice: str = "auto") -> tuple[str, str]:
+    """-> (rule name, reason). Raises DatasetError for `learned` without any terminal in the data; warns when an
+    unknown env's data has no terminations (then the model never terminates)."""
+    name = env_id.split("/")[-1].lower()
+    if choice == "auto":
+        for key in TERMINATION_RULES:
+            if name.startswith(key):
+                return key, f"rule for {env_id}"
+        if name.startswith(NEVER_TERMINATES):
+            return "never", f"{env_id} never terminates"
+        if terminals.any():
+            return "learned", f"no rule for {env_id}: classifier learned from {int(terminals.sum())} terminals"
+        warn(
+            f"no termination rule for env '{env_id}' and no terminal transition in the dataset: model rollouts "
+            "of AM-Q will assume the env never terminates. If it can terminate, AM-Q is biased; pass "
+            "--termination never to accept this and silence the warning."
+        )
+        return "never", f"no rule for {env_id} and no terminals in the data: assumed never terminates"
+    if choice == "learned" and not terminals.any():
+        raise DatasetError("--termination learned needs terminal transitions, and the dataset has none")
+    return choice, f"--termination {choice}"
+
+
+OFFLINE_FORMAT = "uni_o4-offline-v1"
+# The flags the saved offline models were built or trained with: a run loading them must have the same values, so
+# its summary.json describes the models it fine-tunes. Not checked: the seed (several seeds may fine-tune one
+# offline phase), the evaluation and logging flags, and the online flags.
+OFFLINE_FLAGS = tuple(
+    "state_norm gamma batch_size max_grad_norm iql value_steps value_lr v_hidden_dim v_depth q_hidden_dim q_depth "
+    "omega tau target_update_freq num_policies bc_steps bc_lr bc_hidden_dim bc_depth pi_activation bc_alpha bc_reg "
+    "dyn_members dyn_elites dyn_hidden_dim dyn_depth dyn_lr dyn_batch_size dyn_patience dyn_max_epochs termination "
+    "term_steps offline_steps pi_lr clip_ratio clip_decay_steps clip_decay_horizon ope_freq ope_horizon "
+    "ope_num_states select_with_env select_top_k".split()
+)
+
+
+def checkpoint_meta(args: Args, env_id: str, obs_dim: int, act_dim: int) -> dict:
+    flags = {k: getattr(args, k) for k in OFFLINE_FLAGS}
+    shapes = dict(obs_dim=obs_dim, act_dim=act_dim)
+    return dict(format=OFFLINE_FORMAT, env_id=env_id, dataset_id=args.dataset_id, **shapes, flags=flags)
+
+
+def load_offline_checkpoint(path: str, expected: dict) -> dict:
+    """Read a saved offline phase and check it against this run (`expected`: checkpoint_meta of this run); a
+    DatasetError naming what differs otherwise."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"--load-offline: no such file '{path}'")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        meta = ckpt["meta"]
+    except Exception as e:
+        raise DatasetError(
+            f"--load-offline: '{path}' is not a Uni-O4 offline checkpoint ({type(e).__name__}: {e}); "
+            "save one with --save-model"
+        ) from e
+    if meta.get("format") != expected["format"]:
+        raise DatasetError(f"--load-offline: '{path}' has format {meta.get('format')!r}, expected {expected['format']}")
+    for key in ("dataset_id", "env_id", "obs_dim", "act_dim"):
+        if meta.get(key) != expected[key]:
+            raise DatasetError(
+                f"--load-offline: '{path}' was trained with {key} {meta.get(key)!r} but this run has "
+                f"{expected[key]!r}; pass the dataset it was trained on"
+            )
+    for key, value in expected["flags"].items():
+        saved = meta["flags"].get(key)
+        if saved != value:
+            raise DatasetError(
+                f"--load-offline: '{path}' was trained with {_flag(key)} {saved!r} but this run has {_flag(key)} "
+                f"{value!r}; pass the saved run's value (the models were built or trained with it)"
+            )
+    return ckpt
+
+
 # Paper configurations: `python algorithms/uni_o4.py paper-hopper-medium-replay [--flag value ...]`.
 # Uni-O4 on the paper's D4RL locomotion datasets (Table 1 and the fine-tuning curves: hopper, halfcheetah,
 # walker2d × medium, medium-replay, medium-expert, -v2 in D4RL; no random datasets are reported; here our local
@@ -481,9 +1746,11 @@ PAPER_CONFIGS: dict[str, dict] = {
 }
 
 
-# ----------------------------------------------------------------------------------------------
-# Data: Minari dataset -> transitions. Errors raise DatasetError; __main__ turns them into exit 2.
-# ----------------------------------------------------------------------------------------------
+# ==============================================================================================
+# HARNESS: the same in famo2o.py, off2on.py and uni_o4.py (tests/test_conventions.py checks that it is
+# identical): Minari loading and checks, evaluation, logging, seeding, errors, the command line. Skip it on
+# a first read; the algorithm is above.
+# ==============================================================================================
 class DatasetError(ValueError):
     """Bad dataset input: the message says what was wrong and what to do."""
 
@@ -616,10 +1883,10 @@ def dataset_to_transitions(dataset: minari.MinariDataset) -> dict[str, np.ndarra
     return data
 
 
-def make_eval_env(dataset: minari.MinariDataset) -> gym.Env:
+def make_eval_env(dataset: minari.MinariDataset, **make_kwargs) -> gym.Env:
     """The dataset's evaluation environment, checked against the dataset's spaces."""
     try:
-        env = dataset.recover_environment(eval_env=True)
+        env = dataset.recover_environment(eval_env=True, **make_kwargs)
     except Exception as e:
         raise DatasetError(
             f"could not build the environment of '{dataset.spec.dataset_id}': {type(e).__name__}: {e}"
@@ -635,9 +1902,6 @@ def make_eval_env(dataset: minari.MinariDataset) -> gym.Env:
     return env
 
 
-# ----------------------------------------------------------------------------------------------
-# Evaluation, scores, logging, summary
-# ----------------------------------------------------------------------------------------------
 def normalized_score(dataset: minari.MinariDataset, mean_return: float) -> Optional[float]:
     """D4RL-style score ×100, or None when the dataset has no reference scores."""
     try:
@@ -661,8 +1925,8 @@ def evaluate(env: gym.Env, act: Callable[[np.ndarray], np.ndarray], episodes: in
 
 
 class RunLogger:
-    """TensorBoard writer + evaluation record. Tags are `{phase}/{CleanRL tag}`: `offline/*` curves are
-    indexed by their stage's own step counter, `online/*` curves by environment steps."""
+    """TensorBoard writer, evaluation record and stage clock. Tags are `{phase}/{CleanRL tag}`: `offline/*` curves
+    are indexed by each offline stage's own step counter, `online/*` curves by environment steps."""
 
     def __init__(self, args, run_dir: str):
         self.run_dir, self.args, self.start = run_dir, args, time.time()
@@ -672,11 +1936,21 @@ class RunLogger:
             "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()),
         )
         self.evals: list[dict] = []
+        self.stage_times: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def timer(self, stage: str):
+        """`with log.timer("offline"):` adds the block's wall time to summary.json's `stage_times[stage]`."""
+        t = time.time()
+        try:
+            yield
+        finally:
+            self.stage_times[stage] = self.stage_times.get(stage, 0.0) + time.time() - t
 
     def scalar(self, phase: str, tag: str, value: float, step: int):
         self.writer.add_scalar(f"{phase}/{tag}", value, step)
 
-    def eval(self, phase: str, step: int, returns: np.ndarray, score: Optional[float]):
+    def eval(self, phase: str, step: int, returns: np.ndarray, score: Optional[float], **extra):
         self.scalar(phase, "eval/episodic_return", float(returns.mean()), step)
         if score is not None:
             self.scalar(phase, "eval/normalized_score", score, step)
@@ -688,11 +1962,13 @@ class RunLogger:
                 std_return=float(returns.std()),
                 normalized_score=score,
                 wall_time=time.time() - self.start,
+                **extra,
             )
         )
         print(
             f"[{phase}] step {step}: return {returns.mean():.1f} ± {returns.std():.1f}"
-            + (f" | normalized score {score:.1f}" if score is not None else ""),
+            + (f" | normalized score {score:.1f}" if score is not None else "")
+            + "".join(f" | {k} {v:.2f}" for k, v in extra.items() if isinstance(v, float)),
             flush=True,
         )
 
@@ -704,8 +1980,9 @@ class RunLogger:
             dataset_id=self.args.dataset_id,
             wall_time=time.time() - self.start,
             evaluations=self.evals,
-            **extra,
+            stage_times=self.stage_times,
         )
+        out.update(extra)
         for phase in ("offline", "online"):
             ev = [e for e in self.evals if e["phase"] == phase]
             key = "normalized_score" if ev and ev[-1]["normalized_score"] is not None else "mean_return"
@@ -742,674 +2019,14 @@ def fail(msg: str):
 
 
 def warn(msg: str):
-    print(f"warning: {msg}", file=sys.stderr, flush=True)
+    print(f"warning: {msg}", file=sys.stderr)
 
 
-# ----------------------------------------------------------------------------------------------
-# Networks. Every ensemble keeps its members' weights stacked as [N, in, out] (one baddbmm per layer).
-# ----------------------------------------------------------------------------------------------
-class VectorizedLinear(nn.Module):
-    """N independent linear layers. x: [N, B, in] (or [B, in], shared by all members) -> [N, B, out]."""
-
-    def __init__(self, n: int, in_dim: int, out_dim: int, orthogonal_gain: Optional[float] = None):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(n, in_dim, out_dim))
-        self.bias = nn.Parameter(torch.zeros(n, 1, out_dim))
-        for i in range(n):  # init only, not a hot path
-            if orthogonal_gain is None:  # nn.Linear's default init
-                w = torch.empty(out_dim, in_dim)
-                nn.init.kaiming_uniform_(w, a=math.sqrt(5))
-                self.weight.data[i] = w.T
-                bound = 1 / math.sqrt(in_dim)
-                nn.init.uniform_(self.bias.data[i], -bound, bound)
-            else:
-                nn.init.orthogonal_(self.weight.data[i].T, gain=orthogonal_gain)
-
-    def forward(self, x: torch.Tensor, members: Optional[torch.Tensor] = None) -> torch.Tensor:
-        w, b = (self.weight, self.bias) if members is None else (self.weight[members], self.bias[members])
-        if x.dim() == 2:
-            x = x.unsqueeze(0).expand(w.shape[0], -1, -1)
-        return torch.baddbmm(b, x, w)
-
-
-class EnsembleMLP(nn.Module):
-    def __init__(self, n, in_dim, hidden, depth, out_dim, act: Callable = F.relu, orthogonal_gain=None):
-        super().__init__()
-        dims = [in_dim] + [hidden] * depth + [out_dim]
-        self.layers = nn.ModuleList(VectorizedLinear(n, a, b, orthogonal_gain) for a, b in zip(dims[:-1], dims[1:]))
-        self.act, self.n = act, n
-
-    def forward(self, x, members=None):
-        for i, layer in enumerate(self.layers):
-            x = layer(x, members)
-            if i < len(self.layers) - 1:
-                x = self.act(x)
-        return x
-
-
-def gaussian_log_prob(a: torch.Tensor, mu: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-    """Diagonal Normal log-density summed over action dimensions."""
-    return (-0.5 * ((a - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-
-
-class GaussianPolicyEnsemble(nn.Module):
-    """n Gaussian policies. A tanh on the whole output: μ = tanh part (in [−1, 1]); log σ = −5 + 2.5(t + 1),
-    t the other tanh part, so log σ ∈ [−5, 0]; π = Normal(μ, σ), unsquashed (official net.py)."""
-
-    def __init__(self, n, obs_dim, act_dim, hidden=256, depth=3, activation="relu"):
-        super().__init__()
-        act = torch.tanh if activation == "tanh" else F.relu
-        self.net = EnsembleMLP(n, obs_dim, hidden, depth, 2 * act_dim, act, orthogonal_gain=1.0)
-        self.n, self.act_dim = n, act_dim
-
-    def forward(self, s):
-        mu, t = torch.tanh(self.net(s)).chunk(2, -1)
-        return mu, -5.0 + 2.5 * (t + 1.0)
-
-    def log_prob(self, s, a):
-        mu, log_std = self(s)
-        return gaussian_log_prob(a, mu, log_std)
-
-    def copy_members_from(self, other: "GaussianPolicyEnsemble", mask: torch.Tensor):
-        """π_k ← π for the members where mask is True (vectorised, no loop over members; torch.where, not a
-        boolean-mask assignment, so the device never synchronises with the host)."""
-        with torch.no_grad():
-            for p, q in zip(self.parameters(), other.parameters()):
-                p.copy_(torch.where(mask.view(-1, *([1] * (p.dim() - 1))), q, p))
-
-    def extract(self, i: int) -> "GaussianPolicyEnsemble":
-        single = copy.deepcopy(self)
-        with torch.no_grad():
-            for p in single.parameters():
-                p.data = p.data[i : i + 1].clone()
-        single.n = single.net.n = 1
-        return single
-
-
-class DoubleQ(nn.Module):
-    """Q̂1, Q̂2 as a 2-member ensemble on [s, a] (IQL); `heads=1` for the single SARSA Q of the non-IQL path.
-    Callers take min over the heads, which is the identity for one head."""
-
-    def __init__(self, obs_dim, act_dim, hidden=1024, depth=2, heads=2):
-        super().__init__()
-        self.net = EnsembleMLP(heads, obs_dim + act_dim, hidden, depth, 1)
-
-    def forward(self, s, a):
-        return self.net(torch.cat([s, a], -1)).squeeze(-1)  # [heads, B]
-
-
-def mlp(in_dim, hidden, depth, out_dim=1) -> nn.Sequential:
-    dims = [in_dim] + [hidden] * depth
-    layers = []
-    for a, b in zip(dims[:-1], dims[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers, nn.Linear(dims[-1], out_dim))
-
-
-class ValueNet(nn.Module):
-    def __init__(self, obs_dim, hidden=512, depth=3):
-        super().__init__()
-        self.net = mlp(obs_dim, hidden, depth)
-
-    def forward(self, s):
-        return self.net(s).squeeze(-1)
-
-
-# ----------------------------------------------------------------------------------------------
-# Dynamics ensemble for OPE (official transition_model/, from OfflineRL-Kit): Gaussian over [Δs, r],
-# soft-bounded log-variance, elites
-# ----------------------------------------------------------------------------------------------
-class DynamicsEnsemble(nn.Module):
-    WEIGHT_DECAYS = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)  # per layer, the last for the output layer
-
-    def __init__(self, obs_dim, act_dim, members=7, elites=5, hidden=200, depth=4):
-        super().__init__()
-        self.obs_dim, self.out_dim = obs_dim, obs_dim + 1
-        self.net = EnsembleMLP(members, obs_dim + act_dim, hidden, depth, 2 * self.out_dim, F.silu)
-        self.max_logvar = nn.Parameter(torch.full((self.out_dim,), 0.5))
-        self.min_logvar = nn.Parameter(torch.full((self.out_dim,), -10.0))
-        self.register_buffer("in_mu", torch.zeros(obs_dim + act_dim))
-        self.register_buffer("in_std", torch.ones(obs_dim + act_dim))
-        self.register_buffer("elites", torch.arange(elites))
-        self.members, self.n_elites = members, elites
-
-    def forward(self, x, members=None):
-        mean, logvar = self.net((x - self.in_mu) / self.in_std, members).chunk(2, -1)
-        logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
-        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
-        return mean, logvar
-
-    def weight_decay(self):
-        decays = list(self.WEIGHT_DECAYS[: len(self.net.layers) - 1]) + [self.WEIGHT_DECAYS[-1]]
-        decays += [self.WEIGHT_DECAYS[-2]] * (len(self.net.layers) - len(decays))
-        return sum(d * 0.5 * (layer.weight**2).sum() for d, layer in zip(decays, self.net.layers))
-
-    @torch.no_grad()
-    def step(self, s: torch.Tensor, a: torch.Tensor, gen: Optional[torch.Generator] = None):
-        """One model step on raw states: every elite predicts, one random elite per sample is used."""
-        mean, logvar = self(torch.cat([s, a], -1), self.elites)
-        noise = torch.randn(mean.shape, generator=gen, device=s.device)
-        sample = mean + noise * (0.5 * logvar).exp()
-        pick = torch.randint(self.n_elites, (s.shape[0],), generator=gen, device=s.device)
-        out = sample[pick, torch.arange(s.shape[0], device=s.device)]
-        return s + out[:, :-1], out[:, -1]
-
-
-def dynamics_step(model: DynamicsEnsemble, opt, x, y) -> torch.Tensor:
-    """One step on per-member minibatches x [M, B, in], y [M, B, out]: Gaussian NLL + weight decay + the
-    log-variance bound penalty. Returns the loss, detached."""
-    mean, logvar = model(x)
-    inv_var = (-logvar).exp()
-    nll = (((mean - y) ** 2) * inv_var).mean((1, 2)).sum() + logvar.mean((1, 2)).sum()
-    loss = nll + model.weight_decay() + 0.01 * (model.max_logvar.sum() - model.min_logvar.sum())
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return loss.detach()
-
-
-def train_dynamics(
-    model: DynamicsEnsemble, s, a, r, s2, args: Args, log: Optional["RunLogger"], gen: torch.Generator
-) -> dict:
-    """Bootstrap per member, holdout min(20%, 1000), stop after `dyn_patience` epochs without a >1% holdout gain
-    of any member, keep each member's best weights, elites = lowest holdout MSE. `gen`: a torch Generator on the
-    data's device (all index draws stay on the device)."""
-    device = s.device
-    x, y = torch.cat([s, a], -1), torch.cat([s2 - s, r[:, None]], -1)
-    n = x.shape[0]
-    perm = torch.randperm(n, generator=gen, device=device)
-    n_hold = min(int(0.2 * n), 1000)
-    hold, train = perm[:n_hold], perm[n_hold:]
-    model.in_mu.copy_(x[train].mean(0))
-    model.in_std.copy_(torch.where(x[train].std(0) < 1e-12, torch.ones_like(model.in_std), x[train].std(0)))
-    opt = torch.optim.Adam(model.parameters(), lr=args.dyn_lr)
-    boot = train[torch.randint(len(train), (model.members, len(train)), generator=gen, device=device)]
-    best = torch.full((model.members,), float("inf"), device=device)
-    best_state = copy.deepcopy(model.net.state_dict())
-    epoch, since_update = 0, 0
-    while True:
-        idx = boot[:, torch.randperm(len(train), generator=gen, device=device)]
-        for b in range(0, len(train), args.dyn_batch_size):
-            bi = idx[:, b : b + args.dyn_batch_size]
-            dynamics_step(model, opt, x[bi], y[bi])
-        epoch += 1
-        with torch.no_grad():
-            mean, _ = model(x[hold].unsqueeze(0).expand(model.members, -1, -1))
-            hold_mse = ((mean - y[hold]) ** 2).mean((1, 2))
-        improved = hold_mse < 0.99 * best  # a >1% holdout gain
-        if improved.any():
-            state = model.net.state_dict()
-            for k in best_state:  # per-member snapshot of the improved members
-                best_state[k][improved] = state[k][improved].clone()
-            best = torch.where(improved, hold_mse, best)
-            since_update = 0
-        else:
-            since_update += 1
-        if log is not None:
-            log.scalar("offline", "dynamics/holdout_mse", float(hold_mse.mean()), epoch)
-        if since_update >= args.dyn_patience or (args.dyn_max_epochs is not None and epoch >= args.dyn_max_epochs):
-            break
-    model.net.load_state_dict(best_state)
-    model.elites.copy_(torch.argsort(best)[: model.n_elites])
-    elite_mse = float(best[model.elites].mean())
-    if log is not None:
-        log.scalar("offline", "dynamics/elite_holdout_mse", elite_mse, epoch)
-    print(f"[offline/dynamics] {epoch} epochs, elite holdout MSE {elite_mse:.5f}", flush=True)
-    return dict(epochs=epoch, elite_holdout_mse=elite_mse, holdout_mse=best.tolist())
-
-
-# Termination rules of model rollouts, on raw next states (official termination_fns.py).
-def _term_hopper(s):
-    h, ang = s[:, 0], s[:, 1]
-    healthy = torch.isfinite(s).all(-1) & (s[:, 1:].abs() < 100).all(-1) & (h > 0.7) & (ang.abs() < 0.2)
-    return ~healthy
-
-
-def _term_walker2d(s):
-    h, ang = s[:, 0], s[:, 1]
-    return ~((s.abs() < 100).all(-1) & (h > 0.8) & (h < 2.0) & (ang.abs() < 1.0))
-
-
-def _term_halfcheetah(s):
-    return ~(s.abs() < 100).all(-1)
-
-
-def _term_never(s):
-    return torch.zeros(s.shape[0], dtype=torch.bool, device=s.device)
-
-
-TERMINATION_RULES = {"hopper": _term_hopper, "walker2d": _term_walker2d, "halfcheetah": _term_halfcheetah}
-NEVER_TERMINATES = ("pendulum",)
-
-
-class LearnedTermination(nn.Module):
-    """P(terminal | s') classifier for envs without a hand-written rule."""
-
-    def __init__(self, obs_dim, hidden=200):
-        super().__init__()
-        self.net = mlp(obs_dim, hidden, 2)
-        self.register_buffer("mu", torch.zeros(obs_dim))
-        self.register_buffer("std", torch.ones(obs_dim))
-
-    def forward(self, s):
-        return self.net((s - self.mu) / self.std).squeeze(-1)
-
-    @torch.no_grad()
-    def __call__(self, s):
-        return super().__call__(s) > 0
-
-    def fit(self, s2, term, steps, batch_size, gen: torch.Generator):
-        self.mu.copy_(s2.mean(0))
-        self.std.copy_(s2.std(0).clamp_min(1e-6))
-        pos_weight = ((1 - term).sum() / term.sum().clamp_min(1)).clamp(1, 100)
-        opt = torch.optim.Adam(self.net.parameters(), lr=1e-3)
-        for _ in range(steps):
-            i = torch.randint(len(s2), (batch_size,), generator=gen, device=s2.device)
-            loss = F.binary_cross_entropy_with_logits(self.forward(s2[i]), term[i], pos_weight=pos_weight)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return float(loss)
-
-
-def select_termination(env_id: str, terminals: np.ndarray, choice: str = "auto") -> tuple[str, str]:
-    """-> (rule name, reason). Raises DatasetError for `learned` without any terminal in the data; warns when an
-    unknown env's data has no terminations (then the model never terminates)."""
-    name = env_id.split("/")[-1].lower()
-    if choice == "auto":
-        for key in TERMINATION_RULES:
-            if name.startswith(key):
-                return key, f"rule for {env_id}"
-        if name.startswith(NEVER_TERMINATES):
-            return "never", f"{env_id} never terminates"
-        if terminals.any():
-            return "learned", f"no rule for {env_id}: classifier learned from {int(terminals.sum())} terminals"
-        warn(
-            f"no termination rule for env '{env_id}' and no terminal transition in the dataset: model rollouts "
-            "of AM-Q will assume the env never terminates. If it can terminate, AM-Q is biased; pass "
-            "--termination never to accept this and silence the warning."
-        )
-        return "never", f"no rule for {env_id} and no terminals in the data: assumed never terminates"
-    if choice == "learned" and not terminals.any():
-        raise DatasetError("--termination learned needs terminal transitions, and the dataset has none")
-    return choice, f"--termination {choice}"
-
-
-# ----------------------------------------------------------------------------------------------
-# Update steps
-# ----------------------------------------------------------------------------------------------
-def discounted_cumsum(x: np.ndarray, gamma: float, block: int = 256) -> np.ndarray:
-    """y[t] = Σ_{k≥t} γ^(k−t)·x[k] over one episode, in float64, vectorised in blocks (a Python loop over
-    len(x)/block blocks, not over steps); the block is short enough for γ^block not to underflow."""
-    x = np.asarray(x, dtype=np.float64)
-    if gamma < 1:
-        block = int(max(1, min(block, -200 / math.log10(gamma))))
-    pw = gamma ** np.arange(block, dtype=np.float64)
-    y, carry = np.empty_like(x), 0.0
-    for end in range(len(x), 0, -block):
-        start = max(0, end - block)
-        p = pw[: end - start]
-        # within the block Σ_{k≥t} γ^(k−t) x_k, plus γ^(block end − t) × the return where the next block starts
-        y[start:end] = np.cumsum((x[start:end] * p)[::-1])[::-1] / p + carry * gamma * p[::-1]
-        carry = y[start]
-    return y
-
-
-def _episodes(episode_ends: np.ndarray) -> list[slice]:
-    """Slices of the episodes: each ends at a True of `episode_ends` (or at the array's end)."""
-    bounds = np.concatenate([[0], np.flatnonzero(episode_ends) + 1])
-    if bounds[-1] != len(episode_ends):
-        bounds = np.append(bounds, len(episode_ends))
-    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-def mc_returns(rewards: np.ndarray, episode_ends: np.ndarray, gamma: float) -> np.ndarray:
-    """Discounted return to each episode's end (resets at every episode end), vectorised per episode."""
-    out = np.empty(len(rewards), dtype=np.float64)
-    for ep in _episodes(episode_ends):
-        out[ep] = discounted_cumsum(rewards[ep], gamma)
-    return out.astype(np.asarray(rewards).dtype)
-
-
-def value_step(V, Q, Q_tgt, v_opt, q_opt, batch: dict, args: Args, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One V and one Q update (IQL, or MC-V + SARSA-Q with --no-iql) and the Polyak target update every
-    `target_update_freq` steps. Returns (v_loss, q_loss), detached."""
-    s, a, r, s2, d = batch["s"], batch["a"], batch["r"], batch["s2"], batch["term"]
-    if args.iql:
-        with torch.no_grad():
-            tq = Q_tgt(s, a).min(0).values
-        u = tq - V(s)
-        v_loss = (torch.where(u > 0, args.omega, 1 - args.omega) * u**2).mean()
-        with torch.no_grad():
-            target = r + args.gamma * (1 - d) * V(s2)
-    else:
-        v_loss = ((V(s) - batch["mc"]) ** 2).mean()
-        with torch.no_grad():
-            no_boot = torch.maximum(d, batch["ends"])  # no a' after an episode's last transition
-            target = r + args.gamma * (1 - no_boot) * Q_tgt(s2, batch["a2"]).min(0).values
-    v_opt.zero_grad()
-    v_loss.backward()
-    v_opt.step()
-    q_loss = ((Q(s, a) - target) ** 2).mean(1).sum()
-    q_opt.zero_grad()
-    q_loss.backward()
-    q_opt.step()
-    if step % args.target_update_freq == 0:
-        with torch.no_grad():
-            for p, pt in zip(Q.parameters(), Q_tgt.parameters()):
-                pt.lerp_(p, args.tau)
-    return v_loss.detach(), q_loss.detach()
-
-
-def fit_values(D: dict, args: Args, device, log: Optional[RunLogger], gen: torch.Generator) -> tuple[ValueNet, DoubleQ]:
-    """IQL (expectile V towards target min-Q at dataset actions; Q towards r + γ(1−d)V(s')) or, with --no-iql,
-    MC-regression V and a single SARSA Q (the official `QSarsaLearner` is one network). Polyak target update every
-    `target_update_freq` steps. Minibatch indices are drawn on the device from `gen`."""
-    obs_dim, act_dim = D["s"].shape[1], D["a"].shape[1]
-    V = ValueNet(obs_dim, args.v_hidden_dim, args.v_depth).to(device)
-    Q = DoubleQ(obs_dim, act_dim, args.q_hidden_dim, args.q_depth, heads=2 if args.iql else 1).to(device)
-    Q_tgt = copy.deepcopy(Q).requires_grad_(False)
-    v_opt = torch.optim.Adam(V.parameters(), lr=args.value_lr)
-    q_opt = torch.optim.Adam(Q.parameters(), lr=args.value_lr)
-    n = D["s"].shape[0]
-    keys = ("s", "a", "r", "s2", "term") + (() if args.iql else ("ends", "a2", "mc"))
-    t0 = time.time()
-    for step in range(1, args.value_steps + 1):
-        i = torch.randint(n, (args.batch_size,), generator=gen, device=device)
-        batch = {k: D[k][i] for k in keys}
-        v_loss, q_loss = value_step(V, Q, Q_tgt, v_opt, q_opt, batch, args, step)
-        if log is not None and (step % 1000 == 0 or step == args.value_steps):
-            log.scalar("offline", "losses/v_loss", v_loss.item(), step)
-            log.scalar("offline", "losses/q_loss", q_loss.item(), step)
-            with torch.no_grad():
-                log.scalar("offline", "values/v_values", V(batch["s"]).mean().item(), step)
-            log.scalar("offline", "values/SPS", step / (time.time() - t0), step)
-            if step % 5000 == 0:
-                print(f"[offline/values] step {step}: v_loss {v_loss.item():.4f} q_loss {q_loss.item():.4f}")
-    return V, Q
-
-
-def bc_loss(pi: GaussianPolicyEnsemble, s, a, alpha: float, reg: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum over members of −J(π_i), J of Eq. 6: log π_i(a|s) + α·(log π_i(a|s) − log max_j π_j(a|s)) at dataset
-    pairs, j over the whole ensemble (see the header). Returns (loss, per-member NLL [N], detached)."""
-    mu, log_std = pi(s)  # [N, B, A]
-    logp = gaussian_log_prob(a, mu, log_std)  # [N, B]
-    loss = -logp.mean(1)
-    if pi.n > 1 and reg != "none" and alpha != 0:
-        eye = torch.eye(pi.n, dtype=torch.bool, device=s.device)[:, :, None]
-        others = logp.detach().unsqueeze(0).expand(pi.n, -1, -1).masked_fill(eye, -float("inf"))  # [i, j, B]
-        best_other = others.max(1).values  # max_{j≠i} log π_j(a|s), the other members held fixed
-        if reg == "official":  # max over j ≠ i, detached: the gradient is −(1+α)∇log π_i, a no-op under Adam
-            loss = loss - alpha * (logp - best_other).mean(1)
-        else:  # the paper's max includes π_i: log π_i − max(log π_i, best_other) = −relu(best_other − log π_i) ≤ 0
-            loss = loss + alpha * F.relu(best_other - logp).mean(1)
-    return loss.sum(), -logp.detach().mean(1)
-
-
-def bc_step(pi: GaussianPolicyEnsemble, opt, s, a, alpha: float, reg: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """One ensemble-BC update. Returns (loss summed over members, per-member NLL [N]), detached."""
-    loss, nll = bc_loss(pi, s, a, alpha, reg)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return loss.detach(), nll
-
-
-@torch.no_grad()
-def bc_nll(pi: GaussianPolicyEnsemble, D: dict, max_samples: int = 10_000, chunk: int = 2_048) -> torch.Tensor:
-    """Per-member mean −log π_i(a|s) over (the first `max_samples` of) the dataset's pairs, a tensor [N]."""
-    n = min(max_samples, D["s"].shape[0])
-    total = torch.zeros(pi.n, device=D["s"].device)
-    for b in range(0, n, chunk):
-        total -= pi.log_prob(D["s"][b : min(n, b + chunk)], D["a"][b : min(n, b + chunk)]).sum(1)
-    return total / n
-
-
-def train_bc(pi: GaussianPolicyEnsemble, D: dict, args: Args, log: Optional[RunLogger], gen: torch.Generator) -> None:
-    """All members see the same minibatch; one Adam over the stacked weights equals one Adam per member
-    because the members' losses are summed, not averaged. Minibatch indices are drawn on the device from `gen`."""
-    opt = torch.optim.Adam(pi.parameters(), lr=args.bc_lr)
-    n = D["s"].shape[0]
-    t0 = time.time()
-    for step in range(1, args.bc_steps + 1):
-        i = torch.randint(n, (args.batch_size,), generator=gen, device=D["s"].device)
-        loss, nll = bc_step(pi, opt, D["s"][i], D["a"][i], args.bc_alpha, args.bc_reg)
-        if log is not None and (step % 1000 == 0 or step == args.bc_steps):
-            log.scalar("offline", "losses/bc_loss", loss.item() / pi.n, step)
-            for m, v in enumerate(nll.tolist()):  # minibatch NLL of each member: a collapsing member shows here
-                log.scalar("offline", f"bc/nll_member{m}", v, step)
-            log.scalar("offline", "bc/SPS", step / (time.time() - t0), step)
-
-
-def clip_grad_norm_per_member(params, max_norm: float):
-    """Gradient-norm clipping applied to each member separately (leading dim = member)."""
-    params = [p for p in params if p.grad is not None]
-    sq = sum(p.grad.pow(2).flatten(1).sum(1) for p in params)
-    scale = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
-    for p in params:
-        p.grad.mul_(scale.view(-1, *([1] * (p.dim() - 1))))
-
-
-def offline_ppo_loss(pi, pi_ref, Q: DoubleQ, V: ValueNet, s, clip: float, iql: bool, omega: float):
-    """PPO-clip on dataset states with actions from π_k (reference) and A = min Q̂ − V̂ z-scored per member."""
-    N, B = pi.n, s.shape[0]
-    with torch.no_grad():
-        mu_k, ls_k = pi_ref(s)
-        a = mu_k + ls_k.exp() * torch.randn_like(mu_k)  # [N, B, A]
-        logp_k = gaussian_log_prob(a, mu_k, ls_k)
-        s_rep = s.unsqueeze(0).expand(N, -1, -1).reshape(N * B, -1)
-        # Q̂ at the action the env would execute (clamped): Q̂ never saw actions outside [−1, 1]
-        adv = (Q(s_rep, a.clamp(-1, 1).reshape(N * B, -1)).min(0).values - V(s_rep)).view(N, B)
-        adv = (adv - adv.mean(1, keepdim=True)) / (adv.std(1, keepdim=True) + 1e-10)
-        if not iql:
-            adv = torch.where(adv > 0, omega * adv, (1 - omega) * adv)
-    ratio = (pi.log_prob(s, a) - logp_k).exp()
-    loss = -torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv).mean(1)
-    return loss.sum(), ratio
-
-
-def clip_schedule(step: int, args: Args) -> float:
-    """ε at improvement step `step` (1-based): linear decay for `clip_decay_steps` steps along the line that
-    reaches 0 at the fixed `clip_decay_horizon` (official: 1e4 steps), then frozen. It does not depend on
-    --offline-steps: with the defaults ε freezes at 0.245 whatever the budget."""
-    return args.clip_ratio * (1 - min(step - 1, args.clip_decay_steps) / args.clip_decay_horizon)
-
-
-def offline_ppo_step(pi, pi_ref, Q, V, opt, s, clip: float, args: Args) -> tuple[torch.Tensor, torch.Tensor]:
-    """One offline PPO update of every member, per-member gradient-norm clipping. Returns (loss summed over
-    members, mean |ρ − 1|), detached."""
-    loss, ratio = offline_ppo_loss(pi, pi_ref, Q, V, s, clip, args.iql, args.omega)
-    opt.zero_grad()
-    loss.backward()
-    clip_grad_norm_per_member(pi.parameters(), args.max_grad_norm)
-    opt.step()
-    return loss.detach(), (ratio.detach() - 1).abs().mean()
-
-
-class StateNorm:
-    def __init__(self, mean: np.ndarray, std: np.ndarray, device):
-        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device)
-        self.std = torch.as_tensor(std, dtype=torch.float32, device=device)
-
-    def __call__(self, s):
-        return (s - self.mean) / self.std
-
-
-@torch.no_grad()
-def am_q(pi, dyn, term_fn, Q, norm: StateNorm, s0_raw, horizon: int, seed: int) -> torch.Tensor:
-    """AM-Q per member: mean min(Q̂1, Q̂2) over the (non-terminated) pairs visited by the deterministic policy
-    in the learned model, from raw start states s0_raw. Same seed -> same model noise (common random numbers)."""
-    N, B = pi.n, s0_raw.shape[0]
-    gen = torch.Generator(device=s0_raw.device).manual_seed(seed)
-    s = s0_raw.unsqueeze(0).expand(N, -1, -1).reshape(N * B, -1)
-    alive = torch.ones(N * B, device=s.device)
-    total, count = torch.zeros_like(alive), torch.zeros_like(alive)
-    for _ in range(horizon):
-        sn = norm(s)
-        a = pi(sn.view(N, B, -1))[0].clamp(-1, 1).reshape(N * B, -1)
-        total += Q(sn, a).min(0).values * alive
-        count += alive
-        s, _ = dyn.step(s, a, gen)
-        bad = ~torch.isfinite(s).all(-1)
-        s = torch.where(bad[:, None], torch.zeros_like(s), s)
-        alive = alive * (~(term_fn(s) | bad)).float()
-        # no early exit once every rollout has terminated: testing that would synchronise the device every model
-        # step; terminated rollouts add nothing to `total` or `count`, so the result is the same
-    return total.view(N, B).sum(1) / count.view(N, B).sum(1)
-
-
-def accept_rule(scores: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
-    """π_k ← π only on a strictly better AM-Q than the best so far."""
-    return scores > best
-
-
-def gae(rewards, values, next_values, terminated, dones, gamma: float, lam: float):
-    """GAE: bootstrapping is cut only by `terminated`; the recursion is reset at every episode end (`dones`,
-    time limits included), where V(s') of the truncated state still bootstraps δ."""
-    adv = np.zeros_like(rewards)
-    last = 0.0
-    for t in range(len(rewards) - 1, -1, -1):
-        delta = rewards[t] + gamma * (1 - terminated[t]) * next_values[t] - values[t]
-        last = delta + gamma * lam * (1 - dones[t]) * last
-        adv[t] = last
-    return adv
-
-
-class RunningReturnStd:
-    """÷ running std of the discounted return (dynamic reward scaling), reset at episode starts."""
-
-    def __init__(self, gamma):
-        self.gamma, self.ret, self.n, self.mean, self.m2 = gamma, 0.0, 0, 0.0, 0.0
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(self.m2 / self.n) if self.n > 1 else 1.0
-
-    def __call__(self, r: float, episode_start: bool) -> float:
-        self.ret = r + (0.0 if episode_start else self.gamma * self.ret)
-        self.n += 1
-        d = self.ret - self.mean
-        self.mean += d / self.n
-        self.m2 += d * (self.ret - self.mean)
-        return r / (self.std + 1e-8)
-
-    def warm_up(self, rewards: np.ndarray, episode_ends: np.ndarray):
-        """The statistics after calling self on every dataset reward in order (episodes delimited by
-        `episode_ends`), vectorised per episode: the forward discounted returns, merged into the running mean
-        and M2 in one step (Chan et al.'s parallel update)."""
-        eps = _episodes(episode_ends)
-        if not eps:
-            return
-        rets = np.concatenate([discounted_cumsum(rewards[ep][::-1], self.gamma)[::-1] for ep in eps])
-        n, mean = len(rets), float(rets.mean())
-        m2 = float(((rets - mean) ** 2).sum())
-        d, tot = mean - self.mean, self.n + n
-        self.m2 += m2 + d * d * self.n * n / tot
-        self.mean += d * n / tot
-        self.n, self.ret = tot, float(rets[-1])
-
-
-def refit_targets(rewards: np.ndarray, episode_ends: np.ndarray, args: Args, scale_fn) -> np.ndarray:
-    """MC returns of the scaled dataset rewards, the targets of the online V re-fit: rewards × reward_scale_factor
-    (`number`), or ÷ the std of a warmed-up RunningReturnStd `scale_fn` (`dynamic`): the scale the online rewards
-    start with, not that of fresh statistics, which are unsettled for the first rewards."""
-    if args.reward_scale == "number":
-        r_sc = rewards * args.reward_scale_factor
-    else:
-        r_sc = rewards / (scale_fn.std + 1e-8)
-    return mc_returns(r_sc.astype(np.float32), episode_ends, args.gamma)
-
-
-def online_eval_due(args: Args, lo: int, hi: int) -> bool:
-    """Whether an online evaluation fell due at an env step t in (lo, hi]: t % eval_freq == 0, or an early step
-    (t <= early_eval_until and t % early_eval_freq == 0). The PPO loop asks after each rollout's update, hi being
-    the env steps so far and lo those at the previous rollout's end, so each due step is evaluated at the first
-    rollout end at or after it; step 0 (before any online interaction) and the last step are always evaluated."""
-    if (lo // args.eval_freq + 1) * args.eval_freq <= hi:
-        return True
-    if args.early_eval_freq > 0:
-        first_early = (lo // args.early_eval_freq + 1) * args.early_eval_freq
-        return first_early <= min(hi, args.early_eval_until)
-    return False
-
-
-def online_ppo_step(actor, critic, a_opt, c_opt, mb: dict, args: Args) -> torch.Tensor:
-    """One online PPO minibatch update of the actor (clip, entropy bonus) and the critic (value clipping).
-    Returns the detached tensor [policy loss, value loss, entropy, clip fraction]."""
-    mu, ls = actor(mb["s"])
-    logp = gaussian_log_prob(mb["a"], mu[0], ls[0])
-    ratio = (logp - mb["logp"]).exp()
-    entropy = (ls[0] + 0.5 * math.log(2 * math.pi * math.e)).sum(-1).mean()
-    adv = mb["adv"]
-    pg = -torch.min(ratio * adv, ratio.clamp(1 - args.online_clip, 1 + args.online_clip) * adv).mean()
-    a_loss = pg - args.ent_coef * entropy
-    a_opt.zero_grad()
-    a_loss.backward()
-    nn.utils.clip_grad_norm_(actor.parameters(), args.max_grad_norm)
-    a_opt.step()
-    v = critic(mb["s"])
-    v_clip = mb["v_old"] + (v - mb["v_old"]).clamp(-args.online_clip, args.online_clip)
-    v_loss = torch.max((v - mb["ret"]) ** 2, (v_clip - mb["ret"]) ** 2).mean()
-    c_opt.zero_grad()
-    v_loss.backward()
-    nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
-    c_opt.step()
-    clipfrac = ((ratio.detach() - 1).abs() > args.online_clip).float().mean()
-    return torch.stack([pg.detach(), v_loss.detach(), entropy.detach(), clipfrac])
-
-
-# ----------------------------------------------------------------------------------------------
-# Evaluation helpers
-# ----------------------------------------------------------------------------------------------
-def policy_actor(pi: GaussianPolicyEnsemble, member: int, norm: StateNorm, a_center, a_half, device):
-    def act(obs):
-        with torch.no_grad():
-            s = norm(torch.as_tensor(obs, dtype=torch.float32, device=device).reshape(1, -1))
-            mu = pi(s)[0][member, 0].clamp(-1, 1).cpu().numpy()
-        return a_center + a_half * mu
-
-    return act
-
-
-def eval_member(env, pi, member, norm, a_center, a_half, device, episodes, seed, dataset):
-    returns = evaluate(env, policy_actor(pi, member, norm, a_center, a_half, device), episodes, seed)
-    return returns, normalized_score(dataset, float(returns.mean()))
-
-
-# ----------------------------------------------------------------------------------------------
-# main
-# ----------------------------------------------------------------------------------------------
-def validate(args: Args):
-    for k in ("offline_steps", "online_steps", "value_steps", "bc_steps", "term_steps", "value_refit_steps",
-              "early_eval_freq", "early_eval_until", "clip_decay_steps"):  # fmt: skip
-        if getattr(args, k) < 0:
-            fail(f"--{k.replace('_', '-')} must be >= 0, got {getattr(args, k)}")
-    for k in ("eval_freq", "eval_episodes", "batch_size", "num_policies", "ope_freq", "ope_horizon", "ope_num_states",
-              "clip_decay_horizon"):  # fmt: skip
-        if getattr(args, k) <= 0:
-            fail(f"--{k.replace('_', '-')} must be > 0, got {getattr(args, k)}")
-    for k in ("num_steps", "minibatch_size", "update_epochs", "dyn_members", "dyn_elites", "dyn_batch_size"):
-        if getattr(args, k) <= 0:
-            fail(f"--{k.replace('_', '-')} must be > 0, got {getattr(args, k)}")
-    if args.dyn_elites > args.dyn_members:
-        fail(f"--dyn-elites ({args.dyn_elites}) cannot exceed --dyn-members ({args.dyn_members})")
-    if not 0 < args.omega < 1:
-        fail(f"--omega must be in (0, 1), got {args.omega}")
-    if not 0 < args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
-        fail("--gamma must be in (0, 1] and --gae-lambda in [0, 1]")
-    if args.clip_ratio <= 0 or args.online_clip <= 0:
-        fail("--clip-ratio and --online-clip must be > 0")
-    if args.phases == "online" and args.online_steps == 0:
-        fail("--phases online needs --online-steps > 0")
-    if args.value_refit_hidden_dim is not None and args.value_refit_hidden_dim <= 0:
-        fail(f"--value-refit-hidden-dim must be > 0, got {args.value_refit_hidden_dim}")
-    if args.select_top_k <= 0:
-        fail(f"--select-top-k must be > 0, got {args.select_top_k}")
-    if args.early_eval_freq > 0 and args.early_eval_until == 0:
-        fail("--early-eval-freq > 0 needs --early-eval-until > 0")
-    if args.clip_decay_steps > args.clip_decay_horizon:
-        fail(f"--clip-decay-steps ({args.clip_decay_steps}) cannot exceed --clip-decay-horizon "
-             f"({args.clip_decay_horizon}): ε would turn negative")  # fmt: skip
+def check_flags(checks: list[tuple[bool, str]]):
+    """`validate`'s table: exit 2 with the message of the first (condition, message) whose condition holds."""
+    for bad, msg in checks:
+        if bad:
+            fail(msg)
 
 
 # D4RL locomotion -> Minari's remote ids of the same env and quality, where Minari has one (medium-replay and
@@ -1436,330 +2053,6 @@ def paper_config_cli(argv: Optional[list[str]] = None) -> Args:
             )
         args.dataset_id = REMOTE_IDS[args.dataset_id]
     return args
-
-
-def main(args: Args):
-    validate(args)
-    try:
-        dataset = load_minari_dataset(args.dataset_id, args.download)
-        data = dataset_to_transitions(dataset)
-        eval_env = make_eval_env(dataset)
-        space = eval_env.action_space
-        if not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
-            raise DatasetError(f"action space {space} is unbounded; Uni-O4's tanh-mean policy needs bounds")
-        env_id = dataset.env_spec.id if dataset.env_spec is not None else ""
-        term_choice = args.termination
-        if args.phases != "online":
-            term_choice, term_reason = select_termination(env_id, data["terminals"], args.termination)
-    except DatasetError as e:
-        fail(str(e))
-    run_name = f"{args.dataset_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = args.run_dir or os.path.join("runs", run_name)
-    if args.track:
-        import wandb
-
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=vars(args), name=run_name, save_code=True)  # fmt: skip
-    seed_everything(args.seed, args.torch_deterministic)
-    rng = np.random.default_rng(args.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    log = RunLogger(args, run_dir)
-
-    a_center = ((space.high + space.low) / 2).astype(np.float32)
-    a_half = ((space.high - space.low) / 2).astype(np.float32)
-    obs_dim, act_dim = data["observations"].shape[1], data["actions"].shape[1]
-    s_mean, s_std = data["observations"].mean(0), data["observations"].std(0)
-    s_std = np.where(s_std < 1e-12, 1.0, s_std)
-    if not args.state_norm:
-        s_mean, s_std = np.zeros_like(s_mean), np.ones_like(s_std)
-    norm = StateNorm(s_mean, s_std, device)
-
-    def T(x):
-        return torch.as_tensor(x, dtype=torch.float32, device=device)
-
-    a_norm = np.clip((data["actions"] - a_center) / a_half, -1, 1)
-    a_next = np.concatenate([a_norm[1:], a_norm[-1:]])  # a' (SARSA); unused at episode ends
-    D = dict(
-        s=norm(T(data["observations"])),
-        a=T(a_norm),
-        r=T(data["rewards"]),
-        s2=norm(T(data["next_observations"])),
-        term=T(data["terminals"]),
-        ends=T(data["episode_ends"]),
-        a2=T(a_next),
-        mc=T(mc_returns(data["rewards"], data["episode_ends"], args.gamma)),
-    )
-    stage_times: dict[str, float] = {}
-    extra: dict = dict(termination_rule=None, selection_env_steps=0, offline_gradient_steps=0)
-    diagnostics: dict = {}  # summary.json["diagnostics"]: plain floats and lists
-    gen = torch.Generator(device=device).manual_seed(args.seed)  # minibatch indices are drawn on the device
-    V = None
-    pi_online = GaussianPolicyEnsemble(1, obs_dim, act_dim, args.bc_hidden_dim, args.bc_depth, args.pi_activation)
-    pi_online = pi_online.to(device)
-
-    # ================================ offline ================================
-    if args.phases != "online":
-        t = time.time()
-        V, Q = fit_values(D, args, device, log, gen)
-        stage_times["values"] = time.time() - t
-        print(f"[offline/values] {args.value_steps} steps in {stage_times['values']:.0f}s", flush=True)
-
-        t = time.time()
-        pi = GaussianPolicyEnsemble(
-            args.num_policies, obs_dim, act_dim, args.bc_hidden_dim, args.bc_depth, args.pi_activation
-        ).to(device)
-        train_bc(pi, D, args, log, gen)
-        bc_member_nll = bc_nll(pi, D).tolist()
-        stage_times["bc"] = time.time() - t
-        print(f"[offline/bc] {args.bc_steps} steps in {stage_times['bc']:.0f}s; member NLL "
-              f"{[round(x, 3) for x in bc_member_nll]}", flush=True)  # fmt: skip
-
-        def eval_all(tag_step: int, policy) -> tuple[list, list]:
-            rets, scores = [], []
-            for i in range(policy.n):
-                ret, sc = eval_member(eval_env, policy, i, norm, a_center, a_half, device,
-                                      args.eval_episodes, args.seed + 10_000, dataset)  # fmt: skip
-                rets.append(ret)
-                scores.append(sc if sc is not None else float(ret.mean()))
-                log.scalar("offline", f"eval/member{i}_return", float(ret.mean()), tag_step)
-            return rets, scores
-
-        t = time.time()
-        dyn = DynamicsEnsemble(obs_dim, act_dim, args.dyn_members, args.dyn_elites, args.dyn_hidden_dim,
-                               args.dyn_depth).to(device)  # fmt: skip
-        raw_s, raw_s2 = T(data["observations"]), T(data["next_observations"])
-        extra["dynamics"] = train_dynamics(dyn, raw_s, D["a"], D["r"], raw_s2, args, log, gen)
-        if term_choice == "learned":
-            term_fn = LearnedTermination(obs_dim).to(device)
-            loss = term_fn.fit(raw_s2, D["term"], args.term_steps, args.batch_size, gen)
-            term_reason += f" (final BCE {loss:.4f})"
-        else:
-            term_fn = TERMINATION_RULES.get(term_choice, _term_never)
-        extra["termination_rule"] = f"{term_choice}: {term_reason}"
-        print(f"[offline/dynamics] termination: {extra['termination_rule']}", flush=True)
-        stage_times["dynamics"] = time.time() - t
-
-        # ---- multi-step improvement with the AM-Q gate ----
-        t = time.time()
-        s0 = raw_s[torch.as_tensor(rng.integers(0, raw_s.shape[0], args.ope_num_states), device=device)]
-        ope_seed = int(rng.integers(1 << 31))
-
-        def score(policy):
-            return am_q(policy, dyn, term_fn, Q, norm, s0, args.ope_horizon, ope_seed)
-
-        pi_ref = copy.deepcopy(pi).requires_grad_(False)  # π_k
-        best = score(pi_ref)
-        bc_amq = best.clone()
-        for i in range(pi.n):
-            log.scalar("offline", f"ope/amq_member{i}", float(best[i]), 0)
-        sel = int(best.argmax())
-        bc_rets, bc_scores = eval_all(0, pi_ref)
-        log.eval("offline", 0, bc_rets[sel], normalized_score(dataset, float(bc_rets[sel].mean())))
-        for i in range(pi.n):  # each BC member's real score and dataset NLL, side by side
-            log.scalar("offline", f"bc/score_member{i}", bc_scores[i], args.bc_steps)
-            log.scalar("offline", f"bc/final_nll_member{i}", bc_member_nll[i], args.bc_steps)
-        extra.update(bc_score=bc_scores[sel], bc_member_scores=bc_scores, bc_member=sel)
-        opt = torch.optim.Adam(pi.parameters(), lr=args.pi_lr)
-        accepts = np.zeros(pi.n, dtype=int)
-        accept_steps: list[list[int]] = [[] for _ in range(pi.n)]  # the improvement steps of each accepted round
-        for step in range(1, args.offline_steps + 1):
-            frac = 1 - (step - 1) / args.offline_steps
-            opt.param_groups[0]["lr"] = args.pi_lr * frac
-            clip = clip_schedule(step, args)
-            i = torch.randint(D["s"].shape[0], (args.batch_size,), generator=gen, device=device)
-            loss, ratio_dev = offline_ppo_step(pi, pi_ref, Q, V, opt, D["s"][i], clip, args)
-            if step % 100 == 0:
-                log.scalar("offline", "losses/policy_loss", loss.item() / pi.n, step)
-                log.scalar("offline", "losses/ratio_dev", ratio_dev.item(), step)
-                log.scalar("offline", "charts/clip_ratio", clip, step)
-                log.scalar("offline", "charts/SPS", step / (time.time() - t), step)
-            if step % args.ope_freq == 0 or step == args.offline_steps:
-                scores = score(pi)
-                acc = accept_rule(scores, best)
-                pi_ref.copy_members_from(pi, acc)
-                best = torch.where(acc, scores, best)
-                # an OPE round is a logging step: its statistics come to the host once per round
-                acc_list, scores_l, best_l = acc.tolist(), scores.tolist(), best.tolist()
-                accepts += np.array(acc_list, dtype=int)
-                for m in range(pi.n):
-                    if acc_list[m]:
-                        accept_steps[m].append(step)
-                    log.scalar("offline", f"ope/amq_member{m}", scores_l[m], step)
-                    log.scalar("offline", f"ope/best_amq_member{m}", best_l[m], step)
-                    log.scalar("offline", f"ope/accept_member{m}", float(acc_list[m]), step)
-                print(f"[offline/ope] step {step}: AM-Q {[round(x, 2) for x in scores_l]} "
-                      f"accept {[int(x) for x in acc_list]}", flush=True)  # fmt: skip
-            if step % args.eval_freq == 0 and step != args.offline_steps:
-                sel = int(best.argmax())
-                ret, sc = eval_member(eval_env, pi_ref, sel, norm, a_center, a_half, device,
-                                      args.eval_episodes, args.seed + 10_000, dataset)  # fmt: skip
-                log.eval("offline", step, ret, sc)
-        stage_times["improvement"] = time.time() - t
-
-        # ---- selection and the final offline evaluation ----
-        t = time.time()
-        sel = int(best.argmax())
-        if args.select_with_env:
-            top = torch.argsort(best, descending=True)[: args.select_top_k].tolist()
-            env_scores, n_env_steps = [], [0]
-            for m in top:
-                actor_m = policy_actor(pi_ref, m, norm, a_center, a_half, device)
-
-                def counted(obs, actor_m=actor_m):
-                    n_env_steps[0] += 1
-                    return actor_m(obs)
-
-                env_scores.append(evaluate(eval_env, counted, args.eval_episodes, args.seed + 20_000).mean())
-            sel = top[int(np.argmax(env_scores))]
-            extra["selection_env_steps"] = n_env_steps[0]  # the hidden online budget of this selection rule
-            print(f"[offline] --select-with-env spent {n_env_steps[0]} real env steps choosing member {sel}")
-        if args.offline_steps > 0 or sel != extra["bc_member"]:
-            final_rets, final_scores = eval_all(args.offline_steps, pi_ref)
-            log.eval("offline", args.offline_steps, final_rets[sel], normalized_score(dataset, final_rets[sel].mean()))
-        else:  # nothing changed since the evaluation after BC
-            final_rets, final_scores = bc_rets, bc_scores
-        stage_times["offline_eval"] = time.time() - t
-        final_amq = best.tolist()  # AM-Q of each member's accepted reference policy, i.e. of the final policies
-        for m in range(pi.n):
-            log.scalar("offline", f"ope/final_amq_member{m}", final_amq[m], args.offline_steps)
-            log.scalar("offline", f"ope/final_score_member{m}", final_scores[m], args.offline_steps)
-        extra.update(
-            improved_score=final_scores[sel],
-            improved_member_scores=final_scores,
-            selected_member=sel,
-            bc_amq=bc_amq.tolist(),
-            final_amq=final_amq,
-            accepts=accepts.tolist(),
-            offline_gradient_steps=args.offline_steps,
-            value_gradient_steps=args.value_steps,
-            bc_gradient_steps=args.bc_steps,
-        )
-        diagnostics.update(
-            bc_member_scores=[float(x) for x in bc_scores],
-            bc_member_nll=bc_member_nll,
-            accepted_rounds=int(accepts.sum()),
-            accepted_rounds_per_member=accepts.tolist(),
-            accepted_round_steps=accept_steps,
-            ope_rounds=args.offline_steps // args.ope_freq + int(args.offline_steps % args.ope_freq > 0),
-            final_amq_member=final_amq,
-            final_score_member=[float(x) for x in final_scores],
-            selected_member=sel,
-            selected_final_amq=final_amq[sel],
-            selected_final_score=float(final_scores[sel]),
-        )
-        print(f"[offline] BC score {bc_scores} -> improved {final_scores}; selected member {sel}, "
-              f"accepts {accepts.tolist()}", flush=True)  # fmt: skip
-        pi_online = pi_ref.extract(sel).requires_grad_(True)
-        if args.save_model:
-            torch.save(dict(pi=pi_ref.state_dict(), V=V.state_dict(), Q=Q.state_dict(), dyn=dyn.state_dict(),
-                            selected_member=sel, state_mean=norm.mean, state_std=norm.std),
-                       os.path.join(run_dir, "offline.pt"))  # fmt: skip
-
-    # ================================ online ================================
-    online_steps = args.online_steps if args.phases != "offline" else 0
-    online_grad_steps = 0
-    if online_steps > 0:
-        t = time.time()
-        scale_fn = None
-        if args.reward_scale == "number":
-            scale_fn = lambda r, start: r * args.reward_scale_factor  # noqa: E731
-        elif args.reward_scale == "dynamic":
-            scale_fn = RunningReturnStd(args.gamma)
-            scale_fn.warm_up(data["rewards"], data["episode_ends"])  # the running statistics start from the data
-        if V is None:
-            critic = ValueNet(obs_dim, args.v_hidden_dim, args.v_depth).to(device)
-        elif scale_fn is None:
-            critic = V
-        else:  # re-fit V to MC returns of the scaled offline rewards
-            critic = ValueNet(obs_dim, args.value_refit_hidden_dim or args.v_hidden_dim, args.v_depth).to(device)
-            mc = T(refit_targets(data["rewards"], data["episode_ends"], args, scale_fn))
-            vopt = torch.optim.Adam(critic.parameters(), lr=args.value_lr)
-            for _ in range(args.value_refit_steps):
-                i = torch.randint(mc.shape[0], (args.batch_size,), generator=gen, device=device)
-                loss = ((critic(D["s"][i]) - mc[i]) ** 2).mean()
-                vopt.zero_grad()
-                loss.backward()
-                vopt.step()
-        stage_times["online_setup"] = time.time() - t
-        t = time.time()
-        actor = pi_online
-        a_opt = torch.optim.Adam(actor.parameters(), lr=args.lr_actor, eps=1e-5)
-        c_opt = torch.optim.Adam(critic.parameters(), lr=args.lr_critic, eps=1e-5)
-
-        def online_eval(step: int):
-            ret = evaluate(eval_env, policy_actor(actor, 0, norm, a_center, a_half, device),
-                           args.eval_episodes, args.seed + 10_000)  # fmt: skip
-            log.eval("online", step, ret, normalized_score(dataset, float(ret.mean())))
-
-        online_eval(0)  # the online curve starts at the policy fine-tuning starts from
-        env = dataset.recover_environment()
-        if not isinstance(env.observation_space, gym.spaces.Box):
-            env = gym.wrappers.FlattenObservation(env)
-        obs, _ = env.reset(seed=args.seed)
-        ep_ret, ep_len, episode_start, global_step = 0.0, 0, True, 0
-        while global_step < online_steps:
-            L = min(args.num_steps, online_steps - global_step)
-            frac = 1 - global_step / online_steps
-            a_opt.param_groups[0]["lr"], c_opt.param_groups[0]["lr"] = args.lr_actor * frac, args.lr_critic * frac
-            buf = {k: [] for k in ("s", "a", "logp", "r", "s2", "term", "done")}
-            for _ in range(L):
-                s = norm(T(obs).reshape(1, -1))
-                with torch.no_grad():
-                    mu, ls = actor(s)
-                    a = (mu + ls.exp() * torch.randn_like(mu))[0, 0]
-                    logp = gaussian_log_prob(a, mu[0, 0], ls[0, 0])
-                env_a = a_center + a_half * a.clamp(-1, 1).cpu().numpy()  # the one device->host copy per env step
-                obs2, r, term, trunc, _ = env.step(env_a)
-                global_step += 1
-                ep_ret, ep_len = ep_ret + float(r), ep_len + 1
-                r_used = float(r) if scale_fn is None else scale_fn(float(r), episode_start)
-                episode_start = False
-                for k, v in zip(buf, (s[0], a, logp, r_used, obs2, float(term), float(term or trunc))):
-                    buf[k].append(v)
-                if term or trunc:
-                    log.scalar("online", "charts/episodic_return", ep_ret, global_step)
-                    log.scalar("online", "charts/episodic_length", ep_len, global_step)
-                    obs, _ = env.reset()
-                    ep_ret, ep_len, episode_start = 0.0, 0, True
-                else:
-                    obs = obs2
-            S, A_, LOGP = torch.stack(buf["s"]), torch.stack(buf["a"]), torch.stack(buf["logp"])
-            S2 = norm(T(np.array(buf["s2"])))
-            with torch.no_grad():
-                values, next_values = critic(S).cpu().numpy(), critic(S2).cpu().numpy()
-            adv = gae(np.array(buf["r"], np.float32), values, next_values, np.array(buf["term"]),
-                      np.array(buf["done"]), args.gamma, args.gae_lambda)  # fmt: skip
-            ret_t, adv_t, v_old = T(adv + values), T(adv), T(values)
-            adv_t = (adv_t - adv_t.mean()) / (adv_t.std() + 1e-5) if L > 1 else adv_t
-            rollout = dict(s=S, a=A_, logp=LOGP, adv=adv_t, ret=ret_t, v_old=v_old)
-            stats, n_mb = torch.zeros(4, device=device), 0
-            for _ in range(args.update_epochs):
-                perm = torch.randperm(L, generator=gen, device=device)
-                for b in range(0, L, args.minibatch_size):
-                    mb = perm[b : b + args.minibatch_size]
-                    stats += online_ppo_step(actor, critic, a_opt, c_opt, {k: v[mb] for k, v in rollout.items()}, args)
-                    n_mb += 1
-            online_grad_steps += n_mb
-            # means over every minibatch of the update (all epochs), reduced to floats once per rollout
-            for tag, v in zip(("policy_loss", "value_loss", "entropy", "clipfrac"), (stats / n_mb).tolist()):
-                log.scalar("online", f"losses/{tag}", v, global_step)
-            log.scalar("online", "charts/SPS", global_step / (time.time() - t), global_step)
-            if online_eval_due(args, global_step - L, global_step) or global_step == online_steps:
-                online_eval(global_step)  # after the update, at the end of the rollout
-        stage_times["online"] = time.time() - t
-        if args.save_model:  # the fine-tuned policy, with the frozen state statistics it acts on
-            torch.save(dict(pi=actor.state_dict(), V=critic.state_dict(), state_mean=norm.mean, state_std=norm.std),
-                       os.path.join(run_dir, "online.pt"))  # fmt: skip
-    summary = log.summary(
-        online_env_steps=online_steps,
-        online_gradient_steps=online_grad_steps,
-        stage_times=stage_times,
-        diagnostics=diagnostics,
-        **extra,
-    )
-    print(f"summary: offline {summary['offline']} | online {summary['online']} | stage times "
-          f"{ {k: round(v, 1) for k, v in stage_times.items()} }", flush=True)  # fmt: skip
-    return summary
 
 
 if __name__ == "__main__":

@@ -91,7 +91,8 @@ def test_dynamics_fits_a_linear_system():
     r = -0.1 * (s**2).sum(1) + noise * torch.randn(5000)
     args = U.Args(dyn_max_epochs=100)
     model = U.DynamicsEnsemble(2, 1, members=3, elites=2, hidden=64, depth=4)
-    info = U.train_dynamics(model, s, a, r, s2, args, None, torch.Generator().manual_seed(0))
+    info, curve = U.train_dynamics(model, s, a, r, s2, args, torch.Generator().manual_seed(0))
+    assert len(curve) == info["epochs"] and curve[-1] < curve[0]  # the holdout MSE of every epoch, for the log
     assert info["elite_holdout_mse"] < 2 * noise**2, info  # measured 0.0027 vs noise² = 0.0025
     st, at = torch.randn(200, 2), torch.rand(200, 1) * 2 - 1
     with torch.no_grad():
@@ -212,8 +213,10 @@ def _toy_data(n=600, ep_len=50, obs_dim=3, act_dim=1, reward=1.0, seed=0):
     rew = torch.full((n,), reward)
     mc = torch.as_tensor(U.mc_returns(rew.numpy(), ends.numpy().astype(bool), 0.9))
     a = torch.rand(n, act_dim, generator=g) * 2 - 1
-    return dict(s=obs[:-1], a=a, r=rew, s2=obs[1:], term=torch.zeros(n), ends=ends, a2=torch.cat([a[1:], a[-1:]]),
-                mc=mc)  # fmt: skip
+    next_act = torch.cat([a[1:], a[-1:]])
+    return dict(
+        obs=obs[:-1], act=a, rew=rew, next_obs=obs[1:], term=torch.zeros(n), ends=ends, next_act=next_act, mc=mc
+    )
 
 
 def test_sarsa_path_fits_a_single_q_network():
@@ -224,14 +227,17 @@ def test_sarsa_path_fits_a_single_q_network():
     D = _toy_data()
     args = U.Args(iql=False, value_steps=1500, batch_size=128, q_hidden_dim=64, v_hidden_dim=64, value_lr=1e-3,
                   gamma=0.9, target_update_freq=1, tau=0.05)  # fmt: skip
-    V, Q = U.fit_values(D, args, "cpu", None, torch.Generator().manual_seed(0))
+    agent = U.UniO4(args, 3, 1, "cpu")
+    history = U.fit_values(agent, D, args, torch.Generator().manual_seed(0))
+    assert [row["step"] for row in history] == [1000, 1500]  # statistics every 1000 steps and at the last
+    Q = agent.Q
     assert Q.net.n == 1
     with torch.no_grad():
-        q = Q(D["s"], D["a"])
+        q = Q(D["obs"], D["act"])
     assert q.shape == (1, 600)
     assert (q[0] - D["mc"]).abs().mean() < 0.5, (q[0] - D["mc"]).abs().mean()  # returns 1 … 9.9
     args.iql, args.value_steps = True, 1
-    assert U.fit_values(D, args, "cpu", None, torch.Generator().manual_seed(0))[1].net.n == 2
+    assert U.UniO4(args, 3, 1, "cpu").Q.net.n == 2
 
 
 def _mc_reference(rewards, ends, gamma):
@@ -304,17 +310,18 @@ def test_one_offline_ppo_step_raises_log_prob_of_positive_advantage_actions():
     and away from those with A < 0: on average log π rises on the first and falls on the second. At the paper's
     learning rate 1e-4 one step moves μ by much less than σ (at 1e-3 it can overshoot the positive actions)."""
     torch.manual_seed(0)
-    pi = U.GaussianPolicyEnsemble(2, 3, 2, hidden=32, depth=2)
-    pi_ref = copy.deepcopy(pi).requires_grad_(False)
-    opt = torch.optim.Adam(pi.parameters(), lr=1e-4)
+    args = U.Args(num_policies=2, bc_hidden_dim=32, bc_depth=2, pi_lr=1e-4, v_hidden_dim=8, q_hidden_dim=8)
+    agent = U.UniO4(args, 3, 2, "cpu")
+    agent.Q, agent.V = _ActionQ(), lambda x: torch.zeros(x.shape[0])
+    pi, pi_ref = agent.pi, agent.pi_ref
     s = torch.randn(256, 3)
-    torch.manual_seed(1)  # the draw offline_ppo_loss makes, replayed: a ~ π_k(·|s)
+    torch.manual_seed(1)  # the draw improve_update makes, replayed: a ~ π_k(·|s)
     with torch.no_grad():
         mu_k, ls_k = pi_ref(s)
         a = mu_k + ls_k.exp() * torch.randn_like(mu_k)  # [N, B, A]
         before = pi.log_prob(s, a)
     torch.manual_seed(1)
-    U.offline_ppo_step(pi, pi_ref, _ActionQ(), lambda x: torch.zeros(x.shape[0]), opt, s, 0.25, U.Args())
+    agent.improve_update(dict(obs=s), 0.25)
     with torch.no_grad():
         change = pi.log_prob(s, a) - before  # [N, B]
     positive = a[..., 0] > a[..., 0].mean(1, keepdim=True)  # A > 0 after the per-member z-score
@@ -336,9 +343,8 @@ def test_one_online_ppo_step_raises_log_prob_of_positive_advantage_actions():
         a = mu + torch.tensor([0.5] * 4 + [-0.5] * 4)[:, None] * ls.exp()
         before = U.gaussian_log_prob(a, mu, ls)
     adv = torch.tensor([1.0] * 4 + [-1.0] * 4)
-    mb = dict(s=s, a=a, logp=before, adv=adv, ret=torch.zeros(8), v_old=torch.zeros(8))
-    opts = [torch.optim.Adam(m.parameters(), lr=1e-4, eps=1e-5) for m in (actor, critic)]
-    U.online_ppo_step(actor, critic, *opts, mb, U.Args(ent_coef=0.0))
+    mb = dict(obs=s, act=a, logp=before, adv=adv, ret=torch.zeros(8), v_old=torch.zeros(8))
+    U.OnlinePPO(actor, critic, U.Args(ent_coef=0.0, lr_actor=1e-4, lr_critic=1e-4)).ppo_update(mb)
     with torch.no_grad():
         change = U.gaussian_log_prob(a, *(x[0] for x in actor(s))) - before
     print(f"Δ log π: A = +1 {change[:4].tolist()}, A = −1 {change[4:].tolist()}")
@@ -350,55 +356,50 @@ def _update_fixtures(device):
     """Tiny versions of every network, optimiser and batch the update steps use, on `device`."""
     torch.manual_seed(0)
     obs_dim, act_dim, B = 3, 2, 32
-    args = U.Args(batch_size=B, online_clip=0.2)
+    sizes = dict(v_hidden_dim=16, v_depth=2, q_hidden_dim=16, q_depth=2, bc_hidden_dim=16, bc_depth=2)
+    args = U.Args(batch_size=B, online_clip=0.2, value_lr=1e-3, bc_lr=1e-3, pi_lr=1e-3, **sizes)
     D = {k: v.to(device) for k, v in _toy_data(n=B, ep_len=8, obs_dim=obs_dim, act_dim=act_dim).items()}
-    V = U.ValueNet(obs_dim, 16, 2).to(device)
-    Q = U.DoubleQ(obs_dim, act_dim, 16, 2).to(device)
-    pi = U.GaussianPolicyEnsemble(4, obs_dim, act_dim, 16, 2).to(device)
+    agent = U.UniO4(args, obs_dim, act_dim, device)
     dyn = U.DynamicsEnsemble(obs_dim, act_dim, 3, 2, 16, 2).to(device)
-    actor, critic = pi.extract(0), U.ValueNet(obs_dim, 16, 2).to(device)
-    f = dict(
-        args=args, D=D, V=V, Q=Q, Q_tgt=copy.deepcopy(Q).requires_grad_(False), pi=pi,
-        pi_ref=copy.deepcopy(pi).requires_grad_(False), dyn=dyn, actor=actor, critic=critic,
-        norm=U.StateNorm(np.zeros(obs_dim), np.ones(obs_dim), device),
-        opts={k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in
-              dict(v=V, q=Q, pi=pi, dyn=dyn, actor=actor, critic=critic).items()},
-        mb=dict(s=D["s"], a=D["a"], logp=torch.zeros(B, device=device), adv=torch.randn(B, device=device),
-                ret=torch.randn(B, device=device), v_old=torch.zeros(B, device=device)),
-        xy=(D["s"].new_zeros(3, B, obs_dim + act_dim).normal_(), D["s"].new_zeros(3, B, obs_dim + 1).normal_()),
+    ppo = U.OnlinePPO(agent.pi.extract(0), U.ValueNet(obs_dim, 16, 2).to(device), args)
+    zeros = torch.zeros(B, device=device)
+    adv, ret = torch.randn(B, device=device), torch.randn(B, device=device)
+    mb = dict(obs=D["obs"], act=D["act"], logp=zeros, adv=adv, ret=ret, v_old=zeros)
+    xy = (D["obs"].new_zeros(3, B, obs_dim + act_dim).normal_(), D["obs"].new_zeros(3, B, obs_dim + 1).normal_())
+    return dict(
+        args=args, D=D, agent=agent, dyn=dyn, dyn_opt=torch.optim.Adam(dyn.parameters(), lr=1e-3), ppo=ppo,
+        norm=U.StateNorm(np.zeros(obs_dim), np.ones(obs_dim), device), mb=mb, xy=xy,
         gen=torch.Generator(device=device).manual_seed(0),
     )  # fmt: skip
-    return f
 
 
 def _run_updates(f, steps=3):
     """A few of every hot-loop step; returns what each returned."""
-    args, D, o = f["args"], f["D"], f["opts"]
+    args, D, agent = f["args"], f["D"], f["agent"]
     out = {}
     for step in range(1, steps + 1):
-        i = torch.randint(D["s"].shape[0], (args.batch_size,), generator=f["gen"], device=D["s"].device)
-        batch = {k: v[i] for k, v in D.items()}
-        out["value_step"] = U.value_step(f["V"], f["Q"], f["Q_tgt"], o["v"], o["q"], batch, args, step)
+        batch = U.sample(D, U.SARSA_KEYS, args.batch_size, f["gen"])
+        out["value_update"] = agent.value_update(batch, step)
         args.iql = not args.iql  # both value paths
-        out["bc_step"] = U.bc_step(f["pi"], o["pi"], batch["s"], batch["a"], 0.1, "paper")
-        out["offline_ppo_step"] = U.offline_ppo_step(f["pi"], f["pi_ref"], f["Q"], f["V"], o["pi"], batch["s"],
-                                                     U.clip_schedule(step, args), args)  # fmt: skip
-        out["online_ppo_step"] = U.online_ppo_step(f["actor"], f["critic"], o["actor"], o["critic"], f["mb"], args)
-        out["dynamics_step"] = U.dynamics_step(f["dyn"], o["dyn"], *f["xy"])
-    scores = U.am_q(f["pi"], f["dyn"], U._term_hopper, f["Q"], f["norm"], D["s"][:8], 5, 0)
+        out["bc_update"] = agent.bc_update(batch)
+        out["improve_update"] = agent.improve_update(batch, U.clip_schedule(step, args))
+        out["ppo_update"] = f["ppo"].ppo_update(f["mb"])
+        out["dynamics_update"] = U.dynamics_update(f["dyn"], f["dyn_opt"], *f["xy"])
+    scores = U.am_q(agent.pi, f["dyn"], U._term_hopper, agent.Q, f["norm"], D["obs"][:8], 5, 0)
     acc = U.accept_rule(scores, scores - torch.arange(4.0, device=scores.device) + 1.5)  # accept members 0, 1
-    f["pi_ref"].copy_members_from(f["pi"], acc)
-    out["am_q"] = scores
+    agent.pi_ref.copy_members_from(agent.pi, acc)
+    out["am_q"] = dict(scores=scores)
     return out
 
 
 def test_update_steps_return_detached_tensors():
-    """Every hot-loop step returns tensors (never Python floats): the loops reduce them only when they log."""
+    """Every hot-loop step returns a dict of tensors (never Python floats): the loops reduce them only when they
+    log."""
     out = _run_updates(_update_fixtures("cpu"))
-    assert set(out) == {"value_step", "bc_step", "offline_ppo_step", "online_ppo_step", "dynamics_step", "am_q"}
-    for name, value in out.items():
-        for v in value if isinstance(value, tuple) else (value,):
-            assert isinstance(v, torch.Tensor) and not v.requires_grad, name
+    assert set(out) == {"value_update", "bc_update", "improve_update", "ppo_update", "dynamics_update", "am_q"}
+    for name, stats in out.items():
+        for key, v in stats.items():
+            assert isinstance(v, torch.Tensor) and not v.requires_grad, (name, key)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -548,9 +549,10 @@ def test_online_loop_evaluates_from_step_0_and_early_and_logs_update_means(minar
     are means over every minibatch of a rollout's update (2 epochs × 2 minibatches), not the last minibatch."""
     calls = []
 
-    def stub(actor, critic, a_opt, c_opt, mb, args):
+    def stub(self, mb):
         calls.append(len(calls) + 1)
-        return torch.tensor([1.0, 2.0, 3.0, 4.0]) * calls[-1]
+        stats = torch.tensor([1.0, 2.0, 3.0, 4.0]) * calls[-1]
+        return dict(zip(("policy_loss", "value_loss", "entropy", "clipfrac"), stats))
 
     logged = {}
     scalar = U.RunLogger.scalar
@@ -559,7 +561,7 @@ def test_online_loop_evaluates_from_step_0_and_early_and_logs_update_means(minar
         logged[(phase, tag, step)] = value
         scalar(self, phase, tag, value, step)
 
-    monkeypatch.setattr(U, "online_ppo_step", stub)
+    monkeypatch.setattr(U.OnlinePPO, "ppo_update", stub)
     monkeypatch.setattr(U.RunLogger, "scalar", record)
     args = U.Args(
         dataset_id="o2o/pendulum/medium-v0",
@@ -842,17 +844,17 @@ RECORDED = {
     ],
     "dynamics": [3.4146175, 3.8884466, 3.6468112, -42.6986714],
     "termination": [1.5683517, -3.2148767],
-    "refit": [0.9498771, 1.1343944, 1.1894516, -3.2130851],
+    "refit": [0.6242164, -3.0471533],
 }
 
 
 def _batch(seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
     return dict(
-        s=torch.randn(MB, OBS, generator=g), a=torch.rand(MB, ACT, generator=g) * 2 - 1,
-        r=torch.randn(MB, generator=g), s2=torch.randn(MB, OBS, generator=g),
+        obs=torch.randn(MB, OBS, generator=g), act=torch.rand(MB, ACT, generator=g) * 2 - 1,
+        rew=torch.randn(MB, generator=g), next_obs=torch.randn(MB, OBS, generator=g),
         term=(torch.rand(MB, generator=g) < 0.25).float(), ends=(torch.rand(MB, generator=g) < 0.25).float(),
-        a2=torch.rand(MB, ACT, generator=g) * 2 - 1, mc=torch.randn(MB, generator=g),
+        next_act=torch.rand(MB, ACT, generator=g) * 2 - 1, mc=torch.randn(MB, generator=g),
     )  # fmt: skip
 
 
@@ -860,61 +862,74 @@ def _checksum(*modules) -> float:
     return float(sum(p.detach().double().sum() for m in modules for p in m.parameters()))
 
 
+TINY = dict(v_hidden_dim=HID, v_depth=2, q_hidden_dim=HID, q_depth=2, bc_hidden_dim=HID, bc_depth=2, num_policies=3)
+
+
+def _agent(args, **modules) -> U.UniO4:
+    """A UniO4 of the tiny sizes holding copies of `modules` (V, Q, pi: built by the caller, in the recorded order),
+    its Q̂ target and π_k copies of Q̂ and π."""
+    agent = U.UniO4(args, OBS, ACT, "cpu")
+    for name, module in modules.items():
+        getattr(agent, name).load_state_dict(module.state_dict())
+    agent.Q_target.load_state_dict(agent.Q.state_dict())
+    agent.pi_ref.load_state_dict(agent.pi.state_dict())
+    return agent
+
+
 def _record_value(iql: bool) -> list:
-    args = U.Args(iql=iql, gamma=0.9, target_update_freq=1, tau=0.1, value_lr=1e-3)
+    args = U.Args(iql=iql, gamma=0.9, target_update_freq=1, tau=0.1, value_lr=1e-3, **TINY)
     torch.manual_seed(0)
     V = U.ValueNet(OBS, HID, 2)
     Q = U.DoubleQ(OBS, ACT, HID, 2, heads=2 if iql else 1)
-    Q_tgt = copy.deepcopy(Q).requires_grad_(False)
-    v_opt, q_opt = torch.optim.Adam(V.parameters(), lr=1e-3), torch.optim.Adam(Q.parameters(), lr=1e-3)
+    agent = _agent(args, V=V, Q=Q)
     out = []
     for step in (1, 2, 3):
-        v_loss, q_loss = U.value_step(V, Q, Q_tgt, v_opt, q_opt, _batch(step), args, step)
-        out += [float(v_loss), float(q_loss)]
-    return out + [_checksum(V), _checksum(Q), _checksum(Q_tgt)]
+        stats = agent.value_update(_batch(step), step)
+        out += [float(stats["v_loss"]), float(stats["q_loss"])]
+    return out + [_checksum(agent.V), _checksum(agent.Q), _checksum(agent.Q_target)]
 
 
 def _record_bc(reg: str) -> list:
+    args = U.Args(bc_alpha=0.1, bc_reg=reg, bc_lr=1e-3, **TINY)
     torch.manual_seed(0)
-    pi = U.GaussianPolicyEnsemble(3, OBS, ACT, HID, 2)
-    opt = torch.optim.Adam(pi.parameters(), lr=1e-3)
+    agent = _agent(args, pi=U.GaussianPolicyEnsemble(3, OBS, ACT, HID, 2))
     out = []
     for step in (1, 2, 3):
-        b = _batch(step)
-        loss, nll = U.bc_step(pi, opt, b["s"], b["a"], 0.1, reg)
-        out += [float(loss)] + nll.tolist()
-    return out + [_checksum(pi)]
+        stats = agent.bc_update(_batch(step))
+        out += [float(stats["bc_loss"])] + stats["nll"].tolist()
+    return out + [_checksum(agent.pi)]
 
 
 def _record_improve(iql: bool) -> list:
-    args = U.Args(iql=iql)
+    args = U.Args(iql=iql, pi_lr=1e-3, **TINY)
     torch.manual_seed(0)
     pi = U.GaussianPolicyEnsemble(3, OBS, ACT, HID, 2)
     V, Q = U.ValueNet(OBS, HID, 2), U.DoubleQ(OBS, ACT, HID, 2)
-    pi_ref = copy.deepcopy(pi).requires_grad_(False)
-    opt = torch.optim.Adam(pi.parameters(), lr=1e-3)
+    agent = _agent(args, pi=pi, V=V)
+    agent.Q = Q  # two heads on both paths, as recorded (the improvement only reads Q̂)
     out = []
     for step in (1, 2, 3):
         torch.manual_seed(100 + step)  # the actions a ~ π_k are drawn from the global generator
-        loss, ratio_dev = U.offline_ppo_step(pi, pi_ref, Q, V, opt, _batch(step)["s"], 0.25, args)
-        out += [float(loss), float(ratio_dev)]
-    return out + [_checksum(pi)]
+        stats = agent.improve_update(_batch(step), 0.25)
+        out += [float(stats["policy_loss"]), float(stats["ratio_dev"])]
+    return out + [_checksum(agent.pi)]
 
 
 def _record_ppo() -> list:
-    args = U.Args()
+    args = U.Args(lr_actor=1e-3, lr_critic=1e-3)
     torch.manual_seed(0)
     actor, critic = U.GaussianPolicyEnsemble(1, OBS, ACT, HID, 2), U.ValueNet(OBS, HID, 2)
-    a_opt = torch.optim.Adam(actor.parameters(), lr=1e-3, eps=1e-5)
-    c_opt = torch.optim.Adam(critic.parameters(), lr=1e-3, eps=1e-5)
+    ppo = U.OnlinePPO(actor, critic, args)
     out = []
     for step in (1, 2, 3):
         b, g = _batch(step), torch.Generator().manual_seed(50 + step)
         with torch.no_grad():
-            logp = U.gaussian_log_prob(b["a"], *(x[0] for x in actor(b["s"])))
-        mb = dict(s=b["s"], a=b["a"], logp=logp + 0.1 * torch.randn(MB, generator=g), adv=torch.randn(MB, generator=g),
-                  ret=torch.randn(MB, generator=g), v_old=torch.randn(MB, generator=g) * 0.1)  # fmt: skip
-        out += U.online_ppo_step(actor, critic, a_opt, c_opt, mb, args).tolist()
+            logp = U.gaussian_log_prob(b["act"], *(x[0] for x in actor(b["obs"])))
+        noisy_logp = logp + 0.1 * torch.randn(MB, generator=g)
+        adv, ret, v_old = torch.randn(MB, generator=g), torch.randn(MB, generator=g), torch.randn(MB, generator=g)
+        mb = dict(obs=b["obs"], act=b["act"], logp=noisy_logp, adv=adv, ret=ret, v_old=v_old * 0.1)
+        stats = ppo.ppo_update(mb)
+        out += [float(stats[k]) for k in ("policy_loss", "value_loss", "entropy", "clipfrac")]
     return out + [_checksum(actor), _checksum(critic)]
 
 
@@ -926,7 +941,7 @@ def _record_dynamics() -> list:
     for step in (1, 2, 3):
         g = torch.Generator().manual_seed(70 + step)
         x, y = torch.randn(3, MB, OBS + ACT, generator=g), torch.randn(3, MB, OBS + 1, generator=g)
-        out.append(float(U.dynamics_step(dyn, opt, x, y)))
+        out.append(float(U.dynamics_update(dyn, opt, x, y)["dyn_loss"]))
     return out + [_checksum(dyn)]
 
 
@@ -939,19 +954,15 @@ def _record_termination() -> list:
 
 
 def _record_refit() -> list:
-    """The online V re-fit onto MC returns: Adam on (V(s) − G)²."""
+    """The online V re-fit onto MC returns (inline in main at b61e4b5): 3 Adam steps on (V(s) − G)², minibatch
+    indices drawn from a seeded generator; the last loss."""
+    args = U.Args(value_refit_steps=3, batch_size=MB, value_lr=1e-3)
     torch.manual_seed(0)
     V = U.ValueNet(OBS, HID, 2)
-    opt = torch.optim.Adam(V.parameters(), lr=1e-3)
-    out = []
-    for step in (1, 2, 3):
-        b = _batch(step)
-        loss = ((V(b["s"]) - b["mc"]) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        out.append(float(loss))
-    return out + [_checksum(V)]
+    batches = [_batch(step) for step in (1, 2, 3)]
+    obs, returns = torch.cat([b["obs"] for b in batches]), torch.cat([b["mc"] for b in batches])
+    stats = U.refit_value(V, obs, returns, args, torch.Generator().manual_seed(3))
+    return [float(stats["refit_loss"]), _checksum(V)]
 
 
 _RECORDERS = {
