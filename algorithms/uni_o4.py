@@ -1160,7 +1160,8 @@ def main(args: Args) -> dict:
         if args.phases != "online" and args.load_offline is None:
             termination = select_termination(env_id, data["terminals"], args.termination)
         meta = checkpoint_meta(args, env_id, obs_dim, act_dim)
-        ckpt = load_offline_checkpoint(args.load_offline, meta) if args.load_offline else None
+        state_stats = state_statistics(data["observations"], args.state_norm)
+        ckpt = load_offline_checkpoint(args.load_offline, meta, state_stats) if args.load_offline else None
     except DatasetError as e:
         fail(str(e))
     run_name = f"{args.dataset_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -1176,7 +1177,7 @@ def main(args: Args) -> dict:
     log = RunLogger(args, run_dir)
 
     act_map = (((space.high + space.low) / 2).astype(np.float32), ((space.high - space.low) / 2).astype(np.float32))
-    norm = StateNorm(*state_statistics(data["observations"], args.state_norm), device)
+    norm = StateNorm(*state_stats, device)
     data_t = dataset_tensors(data, norm, *act_map, args.gamma, device)
     gen = torch.Generator(device=device).manual_seed(args.seed)  # minibatch indices are drawn on the device
     evaluate_policy = PolicyEvaluator(eval_env, dataset, norm, act_map, args, log, device)
@@ -1504,7 +1505,7 @@ def select_termination(env_id: str, terminals: np.ndarray, choice: str = "auto")
     return choice, f"--termination {choice}"
 
 
-OFFLINE_FORMAT = "uni_o4-offline-v1"
+CHECKPOINT_FORMAT = "uni_o4-offline-v1"
 # The flags the saved offline models were built or trained with: a run loading them must have the same values, so
 # its summary.json describes the models it fine-tunes. Not checked: the seed (several seeds may fine-tune one
 # offline phase), the evaluation and logging flags, and the online flags.
@@ -1520,12 +1521,12 @@ OFFLINE_FLAGS = tuple(
 def checkpoint_meta(args: Args, env_id: str, obs_dim: int, act_dim: int) -> dict:
     flags = {k: getattr(args, k) for k in OFFLINE_FLAGS}
     shapes = dict(obs_dim=obs_dim, act_dim=act_dim)
-    return dict(format=OFFLINE_FORMAT, env_id=env_id, dataset_id=args.dataset_id, **shapes, flags=flags)
+    return dict(format=CHECKPOINT_FORMAT, env_id=env_id, dataset_id=args.dataset_id, **shapes, flags=flags)
 
 
-def load_offline_checkpoint(path: str, expected: dict) -> dict:
-    """Read a saved offline phase and check it against this run (`expected`: checkpoint_meta of this run); a
-    DatasetError naming what differs otherwise."""
+def load_offline_checkpoint(path: str, expected: dict, state_stats: tuple[np.ndarray, np.ndarray]) -> dict:
+    """Read a saved offline phase and check it against this run (`expected`: checkpoint_meta of this run,
+    `state_stats`: its state mean and std); a DatasetError naming what differs otherwise."""
     if not os.path.isfile(path):
         raise DatasetError(f"--load-offline: no such file '{path}'")
     try:
@@ -1551,6 +1552,12 @@ def load_offline_checkpoint(path: str, expected: dict) -> dict:
                 f"--load-offline: '{path}' was trained with {_flag(key)} {saved!r} but this run has {_flag(key)} "
                 f"{value!r}; pass the saved run's value (the models were built or trained with it)"
             )
+    saved_stats = (ckpt["state_mean"].numpy(), ckpt["state_std"].numpy())
+    if not all(np.allclose(saved, now, rtol=1e-5, atol=1e-6) for saved, now in zip(saved_stats, state_stats)):
+        raise DatasetError(
+            f"--load-offline: the state statistics of '{expected['dataset_id']}' differ from those '{path}' was "
+            "trained with: the dataset was rebuilt since; train the offline phase again"
+        )
     return ckpt
 
 
@@ -2053,6 +2060,9 @@ def paper_config_cli(argv: Optional[list[str]] = None) -> Args:
             )
         args.dataset_id = REMOTE_IDS[args.dataset_id]
     return args
+
+
+OFFLINE_FORMAT = "famo2o-offline-v1"
 
 
 if __name__ == "__main__":

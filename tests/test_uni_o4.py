@@ -429,6 +429,18 @@ def offline_runs(minari_root, tmp_path_factory):
     return full, neg
 
 
+@pytest.fixture(scope="module")
+def learning_off_run(minari_root, tmp_path_factory):
+    """The learning run's offline phase at its full budget with the improvement's learning rate at 0: the same
+    values, BC, dynamics model and OPE rounds, but π never moves."""
+    tmp = tmp_path_factory.mktemp("uni_o4_off")
+    flags = [
+        "--dataset-id", "o2o/pendulum/medium-v0", "--seed", "1", "--value-steps", "5000", "--bc-steps", "1000",
+        "--offline-steps", "300", "--phases", "offline", *SMALL,
+    ]  # fmt: skip
+    return run_algo(SCRIPT, *flags, "--pi-lr", "0", minari_root=minari_root, run_dir=tmp / "pi_lr0")
+
+
 # Calibration (seeds 1, 2, 3, exactly these flags, shared 2-core CPU; Eq. 6 BC term, official ε schedule frozen at
 # 0.245): BC → improved → online normalized score
 #   seed 1: 50.0 → 74.9 → 82.2 | seed 2: 55.8 → 47.5 → 62.1 | seed 3: 47.0 → 84.4 → 84.4
@@ -453,7 +465,21 @@ def test_offline_improvement_learns(offline_runs):
     assert neg["online"] is None and sum(neg["accepts"]) == 0
     assert sum(full["accepts"]) > 0 and len(full["final_amq"]) == 4
     assert full["dynamics"]["elite_holdout_mse"] < 0.1  # measured 0.032-0.044 (untrained model: 0.35)
-    assert set(full["stage_times"]) >= {"values", "bc", "dynamics", "improvement", "online"}
+    assert set(full["stage_times"]) >= {"values", "bc", "dynamics", "improvement", "online", "eval"}
+
+
+def test_improvement_with_learning_off_fails_the_learning_assertion(offline_runs, learning_off_run):
+    """Same-budget control of test_offline_improvement_learns: --pi-lr 0 keeps every stage and budget (the same BC
+    policies, scored the same) but the improvement cannot move π, so no OPE round is accepted and the gap the
+    learning test asserts is not reached (measured: exactly 0)."""
+    full, _ = offline_runs
+    ctrl = learning_off_run
+    gap = ctrl["improved_score"] - ctrl["bc_score"]
+    print(f"learning off: BC {ctrl['bc_score']:.1f} -> improved {ctrl['improved_score']:.1f} (gap {gap:+.1f})")
+    assert ctrl["bc_score"] == full["bc_score"] and ctrl["bc_member_scores"] == full["bc_member_scores"]
+    assert ctrl["diagnostics"]["ope_rounds"] == full["diagnostics"]["ope_rounds"] == 3
+    assert sum(ctrl["accepts"]) == 0
+    assert not gap >= MIN_GAIN, gap  # the learning test's assertion fails for this run
 
 
 def test_offline_diagnostics_in_the_summary(offline_runs):
@@ -743,15 +769,24 @@ def test_paper_config_runs_end_to_end(tiny_mujoco_root, tmp_path):
 
 
 # ------------------------------------------------------------------ checkpoints (--save-model)
-def test_saved_models_reload_and_replay_the_final_policies(minari_root, tmp_path):
+SAVED_RUN = ["--value-steps", "50", "--bc-steps", "50", "--offline-steps", "20", "--ope-freq", "10", "--online-steps",
+             "256", "--num-steps", "128", "--eval-episodes", "2", "--eval-freq", "128", "--dyn-max-epochs", "2",
+             *SMALL[:-4]]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def saved_run(minari_root, tmp_path_factory):
+    """A tiny offline-online run with --save-model on pendulum medium-replay: (summary, run directory)."""
+    run = tmp_path_factory.mktemp("uni_o4_saved") / "run"
+    flags = ["--dataset-id", "o2o/pendulum/medium-replay-v0", *SAVED_RUN, "--save-model"]
+    return run_algo(SCRIPT, *flags, minari_root=minari_root, run_dir=run), run
+
+
+def test_saved_models_reload_and_replay_the_final_policies(saved_run):
     """--save-model on a tiny offline-online run: `offline.pt` rebuilt in this process (from the run's recorded
     args and the checkpoint alone) replays the final offline evaluation of the selected member exactly, and
     `online.pt` the final online evaluation; the fine-tuned actor acts differently from the offline one."""
-    tiny = ["--dataset-id", "o2o/pendulum/medium-replay-v0", "--value-steps", "50", "--bc-steps", "50",
-            "--offline-steps", "20", "--ope-freq", "10", "--online-steps", "256", "--num-steps", "128",
-            "--eval-episodes", "2", "--eval-freq", "128", "--dyn-max-epochs", "2", *SMALL[:-4]]  # fmt: skip
-    run = tmp_path / "run"
-    s = run_algo(SCRIPT, *tiny, "--save-model", minari_root=minari_root, run_dir=run)
+    s, run = saved_run
     args = U.Args(**s["args"])
     dataset = U.load_minari_dataset(args.dataset_id)
     env = U.make_eval_env(dataset)
@@ -982,3 +1017,36 @@ _RECORDERS = {
 @pytest.mark.parametrize("update", sorted(RECORDED))
 def test_update_matches_recorded_values(update):
     assert _RECORDERS[update]() == pytest.approx(RECORDED[update], rel=1e-4, abs=1e-5)
+
+
+def test_load_offline_fine_tunes_the_saved_phase_and_refuses_a_mismatch(minari_root, saved_run, tmp_path):
+    """--load-offline PATH skips the offline training and fine-tunes the saved selected policy: the loaded run's
+    offline evaluation and its online step-0 evaluation both equal the saved run's final offline evaluation of that
+    policy, exactly. A different dataset, a flag the saved models were built or trained with, a junk file or
+    --phases other than offline-online: exit 2 naming what differs, nothing written."""
+    s, run = saved_run
+    ckpt = str(run / "offline.pt")
+    flags = ["--dataset-id", "o2o/pendulum/medium-replay-v0", *SAVED_RUN]
+    loaded = run_algo(SCRIPT, *flags, "--load-offline", ckpt, "--online-steps", "128", minari_root=minari_root,
+                      run_dir=tmp_path / "loaded")  # fmt: skip
+    saved_final = [e for e in s["evaluations"] if e["phase"] == "offline"][-1]
+    offline = [e for e in loaded["evaluations"] if e["phase"] == "offline"]
+    online = [e for e in loaded["evaluations"] if e["phase"] == "online"]
+    assert [e["step"] for e in offline] == [20] and [e["step"] for e in online] == [0, 128]
+    assert offline[0]["mean_return"] == online[0]["mean_return"] == saved_final["mean_return"]
+    assert loaded["offline_loaded_from"] == ckpt and loaded["selected_member"] == s["selected_member"]
+    assert loaded["improved_score"] == s["improved_score"] and loaded["diagnostics"] == s["diagnostics"]
+    assert not {"values", "bc", "dynamics", "improvement"} & set(loaded["stage_times"])  # nothing trained offline
+    assert loaded["online_gradient_steps"] == 10 and online[1]["mean_return"] != online[0]["mean_return"]
+    torch.save({"meta": {"format": "something-else"}}, tmp_path / "junk.pt")
+    for bad, msg in (
+        (["--dataset-id", "o2o/pendulum/medium-v0", *SAVED_RUN, "--load-offline", ckpt], "dataset_id"),
+        ([*flags, "--bc-hidden-dim", "32", "--load-offline", ckpt], "--bc-hidden-dim 64"),
+        ([*flags, "--pi-lr", "0", "--load-offline", ckpt], "--pi-lr"),
+        ([*flags, "--load-offline", str(tmp_path / "junk.pt")], "format 'something-else'"),
+        ([*flags, "--load-offline", str(tmp_path / "none.pt")], "no such file"),
+        ([*flags, "--phases", "online", "--load-offline", ckpt], "--phases offline-online"),
+    ):
+        proc = run_cli(SCRIPT, *bad, "--run-dir", str(tmp_path / "bad"), minari_root=minari_root)
+        assert proc.returncode == 2 and msg in proc.stderr, (bad[-3:], proc.stderr[-500:])
+        assert not (tmp_path / "bad").exists(), bad
