@@ -71,9 +71,11 @@ Deviations from the paper / official code:
 """
 
 import contextlib
+import ctypes
 import json
 import math
 import os
+import platform
 import random
 import socket
 import sys
@@ -296,7 +298,8 @@ class CriticEnsemble(nn.Module):
         w_obs, w_act = weight[:, : self.obs_dim], weight[:, self.obs_dim :]
         h_obs = torch.baddbmm(bias, obs.reshape(n, batch, -1).repeat(2, 1, 1), w_obs)  # (2N, B, H), with b
         h = torch.bmm(act.reshape(n, -1, act.shape[-1]).repeat(2, 1, 1), w_act)  # (2N, B·K, H)
-        h = h.view(2 * n, batch, -1, h.shape[-1]).add_(h_obs.unsqueeze(2)).relu_()  # every action's own s
+        # out of place: an in-place add on a view of bmm's output would make autograd copy the whole gradient back
+        h = (h.view(2 * n, batch, -1, h.shape[-1]) + h_obs.unsqueeze(2)).relu_()  # every action with its own s
         q = self.net(h.view(2 * n, -1, h.shape[-1]), detach, first=1)
         return q.view(2, n, *act.shape[1:-1])
 
@@ -490,6 +493,7 @@ class Off2On:
 
     def __init__(self, obs_dim: int, act_dim: int, args: Args, device):
         self.args, self.device, self.obs_dim, self.act_dim = args, torch.device(device), obs_dim, act_dim
+        keep_freed_memory()
         n, hidden = args.ensemble_size, args.hidden_dim
         self.actor = ActorEnsemble(obs_dim, act_dim, n, hidden).to(device)
         self.critic = CriticEnsemble(obs_dim, act_dim, n, hidden).to(device)
@@ -917,6 +921,19 @@ def log_epoch(args, log, sums, psums, n_grad, env_steps, diagnostics, sampler) -
 # ==============================================================================================
 # Per-file setup (not algorithm logic): the evaluation schedule, flag checks, the paper's configurations, checkpoints
 # ==============================================================================================
+def keep_freed_memory():
+    """Let glibc's malloc reuse freed memory instead of handing it back to the OS (glibc only; a MALLOC_* setting of
+    the user's wins). By default glibc serves blocks above its mmap threshold (128 KiB, adapting to at most 32 MiB)
+    with fresh pages and unmaps them on free, so every CQL step's ~80 MB activations (hopper shapes) are page-faulted
+    and zeroed anew: this took a third of the step on a CPU VM. The setting is process-wide and idempotent."""
+    if platform.libc_ver()[0] != "glibc" or any(k.startswith("MALLOC_") for k in os.environ):
+        return
+    libc = ctypes.CDLL(None)
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    libc.mallopt(m_mmap_threshold, 1 << 30)  # blocks up to 1 GiB come from the heap and return to it
+    libc.mallopt(m_trim_threshold, 1 << 30)  # keep up to 1 GiB of free heap rather than trimming it
+
+
 def online_eval_due(args: Args, lo: int, hi: int) -> bool:
     """Whether an online evaluation fell due at an env step t in (lo, hi]: t % eval_freq == 0, or an early step
     (t <= early_eval_until and t % early_eval_freq == 0). The loop asks at each epoch boundary hi (previous
