@@ -17,6 +17,10 @@ Pipeline (one file, phases combinable with --phases):
     python algorithms/uni_o4.py --dataset-id o2o/pendulum/medium-replay-v0        # CPU budgets
     python algorithms/uni_o4.py paper-hopper-medium-replay --seed 0              # a paper configuration
 
+`--save-model` writes the offline phase to `offline.pt`; `--load-offline <run>/offline.pt` fine-tunes it in another
+run (its dataset and the flags its models were trained with are checked), so several online arms can start from one
+offline phase. `--compile` compiles the offline improvement step and the online PPO minibatch update.
+
 Paper configurations: a first word `paper-<env>-<quality>` (hopper, halfcheetah, walker2d × medium, medium-replay,
 medium-expert: the paper's D4RL locomotion rows; it reports no random datasets) sets every setting and budget of the
 official scripts for that dataset (PAPER_CONFIGS, each value with its source; flags still override them; `--help`
@@ -97,8 +101,7 @@ Deviations from the paper / official code (every one is deliberate):
   hot loop (one device→host copy per online env step, for the action).
 - Step budgets default to CPU sizes; each Args docstring gives the paper's budget (every paper configuration sets
   them). Network sizes are the paper's.
-Known behaviour: AM-Q scores with the same Q̂ that drives the improvement, so the gate cannot catch Q̂'s errors:
-an under-trained Q̂ can make the improvement lower the real score while AM-Q accepts it. Budget the value stage.
+Warning: AM-Q scores with the Q̂ that drives the improvement, so the gate cannot catch Q̂'s errors; budget the values.
 Symbols: τ = IQL expectile ω (`omega`), α = disagreement weight (Eq. 6), ε = PPO clip, π_k = reference policy.
 """
 
