@@ -74,8 +74,13 @@ Deviations from the paper / official code (and choices where neither says):
   first `--early-eval-until` env steps. The summary's `offline` entry comes from offline-phase evaluations (the last
   one at the end of the offline phase) and `online` from online-phase evaluations (step 0 included).
 - GPU: no host synchronisation in the update step (closed-form Gaussian log-densities instead of
-  torch.distributions, whose argument checks sync; minibatch indices drawn on the device; statistics returned as
-  detached tensors and converted only on logging steps); acting copies one tensor to the host per env step.
+  torch.distributions, whose argument checks sync; minibatch indices drawn on the device; statistics computed only
+  on logging steps, returned as detached tensors and copied to the host there in one transfer); an online step
+  copies one tensor to the host (the action and β) and one to the device (s′, r and the terminal flag).
+- Speed, same numbers: fused Adam, one Polyak call over all parameters, V on [s; s′] in one pass, AWAC's a′ and ã
+  from one actor pass and Q_targ at (s, a), (s′, a′), (s, ã) in one pass, the random draws in their original order.
+  `--compile` wraps the update in torch.compile (CUDA graphs on CUDA, mode="reduce-overhead"), with eager's random
+  stream (inductor's fallback_random), so a seed gives the same run as without it.
 - Online terminals: only `terminated` cuts the bootstrap (gymnasium's flags replace the old `TimeLimit.truncated` key).
 - The balance model and the temperature are updated with `loss.backward(inputs=balance params)`: gradients flow
   through the universal actor's input and the target critic, whose parameters are never touched (same result as
@@ -444,12 +449,16 @@ class FamO2O:
         self.value = ValueNet(obs_dim, h).to(device) if args.base == "iql" else None
         self.balance = BalanceModel(obs_dim, h, args.beta_lo, args.beta_hi).to(device)
         self.log_alpha = torch.tensor([math.log(args.init_alpha)], device=device, requires_grad=True)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr)
-        self.q_opt = torch.optim.Adam(self.q.parameters(), lr=args.critic_lr)
-        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=args.value_lr) if self.value else None
-        self.balance_opt = torch.optim.Adam(self.balance.parameters(), lr=args.balance_lr)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=args.alpha_lr)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr, fused=True)
+        self.q_opt = torch.optim.Adam(self.q.parameters(), lr=args.critic_lr, fused=True)
+        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=args.value_lr, fused=True) if self.value else None
+        self.balance_opt = torch.optim.Adam(self.balance.parameters(), lr=args.balance_lr, fused=True)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=args.alpha_lr, fused=True)
         self.adaptive = args.balance == "adaptive"
+        if args.compile:
+            # inductor's own random numbers would differ from eager's: keep eager's stream, so a seed gives one run
+            torch._inductor.config.fallback_random = True
+            self.update = torch.compile(self.update, mode="reduce-overhead" if device.type == "cuda" else None)
 
     def checkpoint(self) -> dict:
         """Every model, optimiser state and log α: what training needs to carry on exactly (the official code keeps
@@ -543,12 +552,12 @@ class FamO2O:
     def update(self, batch: dict[str, torch.Tensor], online: bool, stats: bool = False) -> dict[str, torch.Tensor]:
         """One gradient step: V → balance → α → universal actor → Q → Polyak. Returns the losses, and with `stats`
         (the loop's logging steps) the statistics logged beside them, as detached tensors (no device sync here; the
-        caller converts them when it logs)."""
+        caller converts them when it logs). Random draws come in the same order as they always have (β, a′, ã, the
+        balance sample), so a seed gives the same run."""
         args, info = self.args, {}
         obs, act, rew, next_obs, term = batch["obs"], batch["act"], batch["rew"], batch["next_obs"], batch["term"]
         batch_size = len(obs)
         with torch.no_grad():
-            q_targ = self.q_target(obs, act).min(0).values  # min(Q1_targ, Q2_targ)(s, a)
             # β for the universal-actor loss, drawn with start-of-step parameters (before the balance step)
             if not self.adaptive:
                 beta = self.fixed_beta(batch_size)
@@ -556,13 +565,16 @@ class FamO2O:
                 beta = self.balance.rsample(obs)[0]
             else:
                 beta = args.beta_lo + (args.beta_hi - args.beta_lo) * torch.rand(batch_size, device=self.device)
-            if args.base == "awac":  # next action for the TD target, from start-of-step actor and balance model
-                next_beta = self.acting_beta(next_obs)
-                next_act = self.actor.rsample(next_obs, encode_beta(next_beta)).clamp(-1.0, 1.0)
-                next_v = self.q_target(next_obs, next_act).min(0).values
-                # ã is clipped to the action box like a′ (and like the actions the agent executes)
-                base_act = self.actor.rsample(obs, encode_beta(beta)).clamp(-1.0, 1.0)
-                baseline = self.q_target(obs, base_act).min(0).values
+            if args.base == "iql":
+                q_targ = self.q_target(obs, act).min(0).values  # min(Q1_targ, Q2_targ)(s, a)
+            else:  # AWAC: a′ at s′ for the TD target and ã at s for the advantage, one actor and one Q_targ pass
+                next_beta = self.acting_beta(next_obs)  # the β the agent would act with at s′
+                codes = encode_beta(torch.cat([next_beta, beta]))
+                mean, std = self.actor(torch.cat([next_obs, obs]), codes)
+                noise = torch.cat([torch.randn_like(mean[:batch_size]), torch.randn_like(mean[batch_size:])])
+                sampled = (mean + std * noise).clamp(-1.0, 1.0)  # a′ and ã, clipped to the box like executed actions
+                q_all = self.q_target(torch.cat([obs, next_obs, obs]), torch.cat([act, sampled])).min(0).values
+                q_targ, next_v, baseline = q_all.split(batch_size)
                 adv = q_targ - baseline
 
         # 1) V by expectile regression (IQL)
@@ -572,10 +584,9 @@ class FamO2O:
             self.value_opt.zero_grad(set_to_none=True)
             value_loss.backward()
             self.value_opt.step()
-            with torch.no_grad():  # V_new feeds both the advantage and the Q target
-                v_new = self.value(obs)
+            with torch.no_grad():  # V_new feeds both the advantage and the Q target: one pass over [s; s′]
+                v_new, next_v = self.value(torch.cat([obs, next_obs])).split(batch_size)
                 adv = q_targ - v_new
-                next_v = self.value(next_obs)
             info["value_loss"] = value_loss.detach()
             if stats:
                 info["v_values"] = v.mean().detach()
