@@ -88,7 +88,8 @@ class BareIQL:
         self.v_opt = torch.optim.Adam(self.v.parameters(), 3e-4)
         self.pi_opt = torch.optim.Adam(self.actor.parameters(), 3e-4)
 
-    def update(self, b: dict):
+    def update_values(self, b: dict) -> torch.Tensor:
+        """Expectile V, then TD Q on V(s'), then Polyak; returns the advantage Q_target(s, a) − V(s)."""
         sa = torch.cat([b["obs"], b["act"]], -1)
         with torch.no_grad():
             q_t = torch.min(self.q1_t(sa), self.q2_t(sa)).squeeze(-1)
@@ -103,14 +104,47 @@ class BareIQL:
         self.q_opt.zero_grad()
         q_loss.backward()
         self.q_opt.step()
-        weight = torch.exp(3.0 * adv.detach()).clamp(max=100.0)
+        polyak(self.q1_t, self.q1)
+        polyak(self.q2_t, self.q2)
+        return adv.detach()
+
+    def update(self, b: dict):
+        weight = torch.exp(3.0 * self.update_values(b)).clamp(max=100.0)
         mu, log_std = self.actor(b["obs"]).chunk(2, -1)
         pi_loss = -(weight * gaussian_log_prob(mu, log_std.clamp(-5, 2), b["act"])).mean()
         self.pi_opt.zero_grad()
         pi_loss.backward()
         self.pi_opt.step()
-        polyak(self.q1_t, self.q1)
-        polyak(self.q2_t, self.q2)
+
+
+class BareIQLValues(BareIQL):
+    """Uni-O4's value stage: IQL's V and Q updates alone, at its widths (twin Q 2×1024 + target, V 3×512)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, q_hidden: int = 1024, v_hidden: int = 512):
+        self.q1, self.q2 = mlp(obs_dim + act_dim, 1, q_hidden), mlp(obs_dim + act_dim, 1, q_hidden)
+        self.q1_t, self.q2_t = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
+        self.v = mlp(obs_dim, 1, v_hidden, layers=3)
+        self.q_opt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], 1e-4)
+        self.v_opt = torch.optim.Adam(self.v.parameters(), 1e-4)
+
+    def update(self, b: dict):
+        self.update_values(b)
+
+
+class BareBC:
+    """n Gaussian policies (3×256), each its own network and Adam, maximum likelihood on the same batch."""
+
+    def __init__(self, obs_dim: int, act_dim: int, n: int = 4, hidden: int = 256):
+        self.policies = [mlp(obs_dim, 2 * act_dim, hidden, layers=3) for _ in range(n)]
+        self.opts = [torch.optim.Adam(p.parameters(), 1e-4) for p in self.policies]
+
+    def update(self, b: dict):
+        for policy, opt in zip(self.policies, self.opts):
+            mu, log_std = policy(b["obs"]).chunk(2, -1)
+            loss = -gaussian_log_prob(mu, log_std.clamp(-5, 2), b["act"]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
 
 
 class BareAWAC:
@@ -290,11 +324,32 @@ def off2on_row(data: dict, batch_size: int, compile_: bool):
     agent = off2on.Off2On(obs_dim, act_dim, args, torch.device("cpu"))
     batch = sample_batch(data, batch_size, torch.Generator().manual_seed(0), ensemble=args.ensemble_size)
     ref = BareCQL(obs_dim, act_dim, args.hidden_dim, n_actions=10)
+    member_batch = {k: v[0] for k, v in batch.items()}  # one agent's batch
     return dict(
         ours=lambda: agent.offline_update(batch, bc=False),
-        reference=lambda: ref.update(batch),
+        reference=lambda: ref.update(member_batch),
         peer=d3rlpy_update("cql", data, batch_size) if PEERS else None,
     ), args.ensemble_size
+
+
+def uni_o4_row(data: dict, stage: str, batch_size: int, compile_: bool):
+    uni_o4 = load_algorithm("uni_o4")
+    args = replace(uni_o4.Args(), batch_size=batch_size, **_compile_flag(compile_))
+    obs_dim, act_dim = data["observations"].shape[1], data["actions"].shape[1]
+    agent = uni_o4.UniO4(args, obs_dim, act_dim, torch.device("cpu"))
+    batch = sample_batch(data, batch_size, torch.Generator().manual_seed(0))
+    if stage == "values":
+        step = [0]
+
+        def ours():
+            step[0] += 1
+            agent.value_update(batch, step[0])
+
+        ref = BareIQLValues(obs_dim, act_dim, args.q_hidden_dim, args.v_hidden_dim)
+    else:
+        ours = lambda: agent.bc_update(batch)  # noqa: E731
+        ref = BareBC(obs_dim, act_dim, args.num_policies, args.bc_hidden_dim)
+    return dict(ours=ours, reference=lambda: ref.update(batch), peer=None), 1
 
 
 ROWS: dict[str, tuple[str, Callable]] = {
@@ -314,8 +369,17 @@ ROWS: dict[str, tuple[str, Callable]] = {
         "CQL per ensemble member (Off2On offline, N=5, 10 actions per set)",
         lambda d, a: off2on_row(d, a.batch_size, a.compile),
     ),
+    "uni_o4-values": (
+        "Uni-O4 value stage (IQL V 3×512 + twin Q 2×1024)",
+        lambda d, a: uni_o4_row(d, "values", a.batch_size, a.compile),
+    ),
+    "uni_o4-bc": (
+        "Uni-O4 ensemble BC (4 members 3×256, Eq. 6 term; the reference has none)",
+        lambda d, a: uni_o4_row(d, "bc", a.batch_size, a.compile),
+    ),
 }
 PEER_NAMES = {"famo2o-fixed": "IQL", "famo2o-adaptive-iql": "IQL", "famo2o-adaptive-awac": "AWAC", "off2on-cql": "CQL"}
+# Uni-O4's stages have no counterpart in the peer library
 PEERS = False
 
 
