@@ -472,11 +472,15 @@ def main(args: Args) -> str:
         data = harness.dataset_to_transitions(harness.load_minari_dataset(args.dataset_id))
     except harness.DatasetError as e:
         sys.exit(f"error: {e}")
+    # off2on.py raises glibc's malloc thresholds when it builds its agent (process-wide): set them before any row, so
+    # every implementation, peers included, runs with the same allocator
+    load_algorithm("off2on").keep_freed_memory()
     cpu = _cpu_name()
     lines = [
         f"Machine: {cpu}, {os.cpu_count()} cores; torch {torch.__version__}. Dataset {args.dataset_id}, batch "
         f"{args.batch_size}; updates/s, median of {args.repeats} blocks of {args.block} after {args.warmup} warm-up "
-        "updates, the implementations of a row timed in turn.",
+        "updates, the implementations of a row timed in turn; glibc malloc thresholds raised for all (as off2on.py "
+        "does by itself, see its `keep_freed_memory`).",
         "",
         "| update | threads | ours /s | bare PyTorch /s | ours / bare | peer | peer /s | ours / peer |",
         "|---|---|---|---|---|---|---|---|",
