@@ -1374,8 +1374,5 @@ def paper_config_cli(argv: Optional[list[str]] = None) -> Args:
     return args
 
 
-OFFLINE_FORMAT = "famo2o-offline-v1"
-
-
 if __name__ == "__main__":
     main(paper_config_cli())
