@@ -28,7 +28,8 @@ def test_the_bare_references_learn_a_fixed_batch():
         assert not torch.allclose(ref.q1(sa).detach(), q_before)
 
 
-def test_table_has_every_row_with_consistent_ratios(tiny_mujoco_root, tmp_path, capsys):
+def test_table_has_every_row_with_consistent_ratios(tiny_mujoco_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tiny_mujoco_root))
     out = tmp_path / "throughput.md"
     args = throughput.Args(
         dataset_id="o2o/hopper/medium-replay-v0",
