@@ -4,6 +4,7 @@ written here, and (with --peers) beside an established library's implementation 
     python benchmark/throughput.py                              # every row, 1 and 2 threads (~10 min on 2 cores)
     python benchmark/throughput.py --rows famo2o-fixed off2on-cql --threads 1
     pip install -r requirements-peers.txt && python benchmark/throughput.py --peers
+    python benchmark/throughput.py --flops                      # work per update instead of time (seconds)
 
 Offline rows time one gradient update on a batch of 256 transitions of the local hopper dataset (11-d observations,
 3-d actions), networks at each file's paper widths. A rate is updates per second: the median over `--repeats` timed
@@ -15,6 +16,11 @@ the ratios, not the absolute rates, which depend on the machine and its load. Of
 Online rows run each file's `main` on the dataset for `--online-steps` environment steps (no offline phase, one
 evaluation episode) and report env steps per second of the online loop (its updates included, evaluations
 excluded: summary.json's `stage_times["online"]`).
+
+`--flops` counts instead of timing: the floating-point operations of one update of each implementation (matrix
+products, as torch.utils.flop_counter counts them; elementwise work is not counted), with ours split by network.
+The counts do not depend on the machine or its load, and say how much of a rate ratio is more or less work rather
+than faster or slower code.
 """
 
 import copy
@@ -35,6 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -398,6 +405,41 @@ def time_interleaved(fns: dict[str, Callable[[], None]], warmup: int, block: int
     return {k: statistics.median(v) for k, v in rates.items()}
 
 
+def count_flops(fn: Callable[[], None]) -> tuple[float, dict[str, float]]:
+    """GFLOP of one call of `fn` (matrix products) and their split by top-level module. One uncounted call first, so
+    lazily built state (e.g. Adam's moments) is not part of the count."""
+    fn()
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    by_module = {
+        m: sum(c.values()) / 1e9 for m, c in counter.get_flop_counts().items() if m != "Global" and "." not in m
+    }
+    return counter.get_total_flops() / 1e9, {m: f for m, f in by_module.items() if f > 0}
+
+
+def flops_table(data: dict, args: "Args") -> tuple[list[str], dict]:
+    lines = [
+        f"GFLOP per update (matrix products; torch.utils.flop_counter), dataset {args.dataset_id}, batch "
+        f"{args.batch_size}; Off2On per ensemble member.",
+        "",
+        "| update | ours GFLOP | bare PyTorch GFLOP | ours / bare | peer GFLOP | ours by network |",
+        "|---|---|---|---|---|---|",
+    ]
+    raw: dict = {}
+    for row in args.rows:
+        title, build = ROWS[row]
+        fns, per = build(data, args)
+        counts = {k: count_flops(fn) for k, fn in fns.items() if fn is not None}
+        ours, split = counts["ours"][0] / per, counts["ours"][1]
+        ref, peer = counts["reference"][0], counts.get("peer", (None,))[0]
+        raw[row] = dict(ours=ours, reference=ref, peer=peer, ours_by_network={m: f / per for m, f in split.items()})
+        parts = ", ".join(f"{m} {f / per:.3f}" for m, f in sorted(split.items(), key=lambda kv: -kv[1]))
+        peer_cell = f"{peer:.3f}" if peer else "—"
+        lines.append(f"| {title} | {ours:.3f} | {ref:.3f} | {ours / ref:.2f}× | {peer_cell} | {parts} |")
+        print(lines[-1], flush=True)
+    return lines, raw
+
+
 # ----------------------------------------------------------------------------------------------
 # Online loops: each file's main, online phase only
 # ----------------------------------------------------------------------------------------------
@@ -452,6 +494,8 @@ class Args:
     """also time d3rlpy's IQL / AWAC / CQL (requirements-peers.txt)"""
     compile: bool = False
     """time the files' `--compile` updates"""
+    flops: bool = False
+    """count each update's floating-point operations instead of timing (no online rows)"""
     out: Optional[str] = None
     """also write the table and raw rates here (markdown + .json next to it)"""
 
@@ -475,6 +519,9 @@ def main(args: Args) -> str:
     # off2on.py raises glibc's malloc thresholds when it builds its agent (process-wide): set them before any row, so
     # every implementation, peers included, runs with the same allocator
     load_algorithm("off2on").keep_freed_memory()
+    if args.flops:
+        lines, raw = flops_table(data, args)
+        return _write(lines, raw, args.out)
     cpu = _cpu_name()
     lines = [
         f"Machine: {cpu}, {os.cpu_count()} cores; torch {torch.__version__}. Dataset {args.dataset_id}, batch "
@@ -509,11 +556,16 @@ def main(args: Args) -> str:
                 raw[f"online/{name}/{threads}"] = rate
                 lines.append(f"| {name}.py | {threads} | {rate:.1f} |")
                 print(lines[-1], flush=True)
+    return _write(lines, raw, args.out)
+
+
+def _write(lines: list[str], raw: dict, out: Optional[str]) -> str:
+    """Print the table; with `out`, also write it (markdown) and the raw numbers (.json next to it)."""
     table = "\n".join(lines)
     print("\n" + table)
-    if args.out:
-        Path(args.out).write_text(table + "\n")
-        Path(args.out).with_suffix(".json").write_text(json.dumps(raw, indent=2))
+    if out:
+        Path(out).write_text(table + "\n")
+        Path(out).with_suffix(".json").write_text(json.dumps(raw, indent=2))
     return table
 
 

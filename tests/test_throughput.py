@@ -67,3 +67,28 @@ def test_unknown_dataset_or_row_is_a_clear_error(minari_root):
         throughput.main(throughput.Args(dataset_id="o2o/nope/medium-v0", threads=[1], online=[]))
     with pytest.raises(SystemExit, match="unknown rows"):
         throughput.main(throughput.Args(rows=["nope"], threads=[1], online=[]))
+
+
+def test_flops_count_a_linear_layer_by_hand():
+    """Forward y = xWᵀ + b: 2·B·in·out; backward: only the weight gradient (x needs none), 2·B·in·out more."""
+    layer = torch.nn.Linear(7, 5)
+    x = torch.randn(3, 7)
+    total, by_module = throughput.count_flops(lambda: layer(x).sum().backward())
+    assert total == pytest.approx(2 * 2 * 3 * 7 * 5 / 1e9)
+    assert by_module == {"Linear": pytest.approx(total)}
+
+
+def test_flops_table_has_every_row(tiny_mujoco_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tiny_mujoco_root))
+    out = tmp_path / "flops.md"
+    table = throughput.main(throughput.Args(dataset_id="o2o/hopper/medium-replay-v0", flops=True, out=str(out)))
+    raw = json.loads(out.with_suffix(".json").read_text())
+    assert set(raw) == set(throughput.ROWS)
+    for row, (title, _) in throughput.ROWS.items():
+        line = next(line for line in table.splitlines() if line.startswith(f"| {title} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert float(cells[1]) == pytest.approx(raw[row]["ours"], abs=6e-4)
+        assert float(cells[3].rstrip("×")) == pytest.approx(raw[row]["ours"] / raw[row]["reference"], abs=6e-3)
+        assert sum(raw[row]["ours_by_network"].values()) <= raw[row]["ours"] * (1 + 1e-9)
+    # the adaptive balance model is extra work on top of the same IQL networks
+    assert raw["famo2o-adaptive-iql"]["ours"] > raw["famo2o-fixed"]["ours"]
