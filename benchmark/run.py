@@ -666,7 +666,8 @@ def _data_score(dataset: str) -> Optional[float]:
 def plot_curves(cells: list[Cell], out: Path) -> list[Path]:
     """One PNG per dataset: a column per algorithm, its offline curve on top (x: that file's offline unit) and its
     online curve below (x: env steps, starting at 0 with the score fine-tuning starts from); mean ± std over seeds,
-    read from each run's summary.json. The plotted points are also written to curves.csv."""
+    read from each run's summary.json. Arms that load a shared offline cell appear in the online panel only. The
+    plotted points are also written to curves.csv."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -682,6 +683,8 @@ def plot_curves(cells: list[Cell], out: Path) -> list[Path]:
                 ax = axes[row, col]
                 for label in sorted({c.label for c in cells if c.dataset == dataset and c.algo == algo}):
                     runs = [c for c in cells if c.label == label and c.dataset == dataset]
+                    if phase == "offline" and all(c.load_from is not None for c in runs):
+                        continue  # its offline phase is the loaded cell's, drawn once under that cell's label
                     curves = [_phase_curve(s, phase) for s in (_summary(c, out) for c in runs) if s is not None]
                     curves = [cv for cv in curves if len(cv[0])]
                     if not curves:

@@ -100,6 +100,11 @@ def test_ray_grid_with_a_shared_offline_cell(minari_root, tmp_path):
         assert float(rows[label]["offline_final"]) == pytest.approx(offline["offline"]["final_score"])
     assert summary("off2on[single-cql]")["args"]["ensemble_size"] == 1  # the arm's flag beats --extra-flags
     assert "| off2on[balanced] | off2on[uniform] | online_final |" in (out / "results.md").read_text()
+    with open(out / "curves.csv") as f:
+        plotted = {(p["phase"], p["label"]) for p in csv.DictReader(f)}
+    # the shared offline phase is drawn once; the arms that loaded it only online
+    assert {label for phase, label in plotted if phase == "offline"} == {"off2on[offline]", "off2on[single-cql]"}
+    assert {label for phase, label in plotted if phase == "online"} == set(rows) - {"off2on[offline]"}
 
 
 def test_bad_arguments(minari_root, tmp_path):
