@@ -831,12 +831,13 @@ NO_LEARNING = ["--q-lr", "0", "--offline-policy-lr", "0", "--policy-lr", "0", "-
 
 # Offline: pendulum medium-replay (behaviour improving from random to medium; data 28.7), 5000 CQL steps. Behaviour
 # cloning cannot pass this threshold: BC with the same data, steps, minibatch and evaluation (behaviour_cloning_score,
-# seeds 1-10) scores 2.3-33.4 (25.9 on seed 2). The ensemble, seeds 1-4 (OMP_NUM_THREADS=1, shared 2-core CPU): 99.8 /
-# 97.3 / 94.9 / 82.3, seed 2 tested; every learning rate 0 (the policy stays the
-# initialization): -7.4 at every offline and online evaluation.
+# seeds 1-10) scores 2.3-33.4 (25.9 on seed 2). The ensemble, seeds 1-4 (OMP_NUM_THREADS=1, shared 2-core CPU):
+# 99.8 / 97.3 / 94.9 / 82.3, seed 2 tested; every learning rate 0 (the policy stays the initialization): -7.4 at
+# every offline and online evaluation.
 # (On pendulum medium, where the tests ran before, BC after the same 3000 steps scores 30.7-73.0 over seeds 1-15,
 # above what CQL reaches there, and on pendulum random CQL is still at random level after 9000 steps.)
-OFFLINE_DATA = ["--dataset-id", "o2o/pendulum/medium-replay-v0", "--offline-steps", "5000"]
+OFFLINE_DATASET, OFFLINE_STEPS = "o2o/pendulum/medium-replay-v0", 5000
+OFFLINE_DATA = ["--dataset-id", OFFLINE_DATASET, "--offline-steps", str(OFFLINE_STEPS)]
 OFFLINE_THRESHOLD = 60.0
 BC_MARGIN = 25.0  # offline ensemble minus BC on the same seed
 
@@ -852,8 +853,9 @@ BC_MARGIN = 25.0  # offline ensemble minus BC on the same seed
 ONLINE_DATA = ["--dataset-id", "o2o/pendulum/medium-v0", "--offline-steps", "3000", "--online-steps", "3000",
                "--first-epoch-multiplier", "1"]  # fmt: skip
 ONLINE_TOLERANCE = 20.0
-# above behaviour cloning on this data at any budget we measured (BC: 24.7-64.7 after 3000 steps, 48.9-69.3 after
-# 6000; the data 52.0); online final scores of the seeds above 99.8 / 89.4 / 97.4 / 47.4 (now 29.6 / 97.3 / 89.7)
+# above behaviour cloning on this data at any budget we measured (BC: 30.7-73.0 after 3000 steps over seeds 1-15,
+# 48.9-69.3 after 6000 over seeds 1-3; the data 52.0); online final scores of the seeds above 99.8 / 89.4 / 97.4 /
+# 47.4 (now 29.6 / 97.3 / 89.7)
 ONLINE_THRESHOLD = 80.0
 # final online minus step-0 online, seeds 1-4 above: 45.3 / 23.8 / 94.1 / 18.1 (now seeds 1-3: -41.4 / 31.0 /
 # 86.4); with every learning rate 0 the policy and its seeded evaluations do not change, so the gain is exactly 0
@@ -897,7 +899,7 @@ def online_gain(s: dict) -> float:
 def test_offline_ensemble_beats_behaviour_cloning(minari_root, tmp_path):
     s = run_algo(SCRIPT, *LEARN, *OFFLINE_DATA, "--online-steps", "0", minari_root=minari_root,
                  run_dir=tmp_path / "run")  # fmt: skip
-    bc = behaviour_cloning_score("o2o/pendulum/medium-replay-v0", 5000, 64, seed=2, episodes=5)
+    bc = behaviour_cloning_score(OFFLINE_DATASET, OFFLINE_STEPS, batch_size=64, seed=2, episodes=5)  # as LEARN
     assert bc < OFFLINE_THRESHOLD  # a threshold BC does not pass
     assert s["offline"]["final_score"] >= OFFLINE_THRESHOLD
     assert s["offline"]["final_score"] - bc >= BC_MARGIN
