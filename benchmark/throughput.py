@@ -5,6 +5,7 @@ written here, and (with --peers) beside an established library's implementation 
     python benchmark/throughput.py --rows famo2o-fixed off2on-cql --threads 1
     pip install -r requirements-peers.txt && python benchmark/throughput.py --peers
     python benchmark/throughput.py --flops                      # work per update instead of time (seconds)
+    python benchmark/throughput.py --profile --rows famo2o-fixed  # where one update's time goes (seconds)
 
 Offline rows time one gradient update on a batch of 256 transitions of the local hopper dataset (11-d observations,
 3-d actions), networks at each file's paper widths. A rate is updates per second: the median over `--repeats` timed
@@ -21,6 +22,10 @@ excluded: summary.json's `stage_times["online"]`).
 products, as torch.utils.flop_counter counts them; elementwise work is not counted), with ours split by network.
 The counts do not depend on the machine or its load, and say how much of a rate ratio is more or less work rather
 than faster or slower code.
+
+`--profile` says where the time of ours goes: the share of self CPU time (torch.profiler) per operator over
+`--block` × `--repeats` updates after `--warmup`, at the first of `--threads`, grouped into matrix products, the
+optimizer, and the largest other operators. Shares, unlike rates, change little with background load.
 """
 
 import copy
@@ -417,6 +422,50 @@ def count_flops(fn: Callable[[], None]) -> tuple[float, dict[str, float]]:
     return counter.get_total_flops() / 1e9, {m: f for m, f in by_module.items() if f > 0}
 
 
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def profile_shares(fn: Callable[[], None], updates: int, warmup: int) -> dict[str, float]:
+    """Share of self CPU time of each operator over `updates` calls of `fn` after `warmup` unprofiled ones, largest
+    first. The optimizer's Python-side step appears under its record_function label ("Optimizer.step#Adam.step")."""
+    for _ in range(warmup):
+        fn()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(updates):
+            fn()
+    self_us = {e.key: e.self_cpu_time_total for e in prof.key_averages() if e.self_cpu_time_total > 0}
+    total = sum(self_us.values())
+    return {k: v / total for k, v in sorted(self_us.items(), key=lambda kv: -kv[1])}
+
+
+def _is_optimizer_op(name: str) -> bool:
+    return name.startswith(("Optimizer.", "aten::_foreach_")) or "adam" in name.lower()
+
+
+def profile_table(data: dict, args: "Args") -> tuple[list[str], dict]:
+    updates, threads = args.block * args.repeats, args.threads[0]
+    torch.set_num_threads(threads)
+    lines = [
+        f"Share of self CPU time in one update of ours (torch.profiler; {updates} updates after {args.warmup} "
+        f"warm-up, {threads} thread(s)), dataset {args.dataset_id}, batch {args.batch_size}.",
+        "",
+        "| update | matrix products | optimizer | largest other operators |",
+        "|---|---|---|---|",
+    ]
+    raw: dict = {}
+    for row in args.rows:
+        title, build = ROWS[row]
+        shares = profile_shares(build(data, args)[0]["ours"], updates, args.warmup)
+        matmul = sum(v for k, v in shares.items() if k in MATMUL_OPS)
+        optim = sum(v for k, v in shares.items() if _is_optimizer_op(k))
+        others = [(k, v) for k, v in shares.items() if k not in MATMUL_OPS and not _is_optimizer_op(k)]
+        raw[row] = dict(matmul=matmul, optimizer=optim, shares=shares)
+        top = ", ".join(f"{k} {100 * v:.0f} %" for k, v in others[:5])
+        lines.append(f"| {title} | {100 * matmul:.0f} % | {100 * optim:.0f} % | {top} |")
+        print(lines[-1], flush=True)
+    return lines, raw
+
+
 def flops_table(data: dict, args: "Args") -> tuple[list[str], dict]:
     lines = [
         f"GFLOP per update (matrix products; torch.utils.flop_counter), dataset {args.dataset_id}, batch "
@@ -496,6 +545,8 @@ class Args:
     """time the files' `--compile` updates"""
     flops: bool = False
     """count each update's floating-point operations instead of timing (no online rows)"""
+    profile: bool = False
+    """profile where each update's time goes instead of timing (no online rows; the first of --threads)"""
     out: Optional[str] = None
     """also write the table and raw rates here (markdown + .json next to it)"""
 
@@ -503,6 +554,8 @@ class Args:
 def main(args: Args) -> str:
     global PEERS
     PEERS = args.peers
+    if args.flops and args.profile:
+        sys.exit("error: --flops and --profile are two different tables; run them one at a time")
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
         sys.exit(f"error: unknown rows {unknown}; choose from {', '.join(ROWS)}")
@@ -519,8 +572,8 @@ def main(args: Args) -> str:
     # off2on.py raises glibc's malloc thresholds when it builds its agent (process-wide): set them before any row, so
     # every implementation, peers included, runs with the same allocator
     load_algorithm("off2on").keep_freed_memory()
-    if args.flops:
-        lines, raw = flops_table(data, args)
+    if args.flops or args.profile:
+        lines, raw = (flops_table if args.flops else profile_table)(data, args)
         return _write(lines, raw, args.out)
     cpu = _cpu_name()
     lines = [

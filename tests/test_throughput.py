@@ -3,6 +3,7 @@ bare-PyTorch references are real updates; a missing peer library or dataset is a
 
 import importlib.util
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -92,3 +93,28 @@ def test_flops_table_has_every_row(tiny_mujoco_root, tmp_path, monkeypatch):
         assert sum(raw[row]["ours_by_network"].values()) <= raw[row]["ours"] * (1 + 1e-9)
     # the adaptive balance model is extra work on top of the same IQL networks
     assert raw["famo2o-adaptive-iql"]["ours"] > raw["famo2o-fixed"]["ours"]
+
+
+def test_profile_shares_find_the_matrix_products():
+    """A stack of wide Linear layers spends most of its self time in addmm; the shares sum to one."""
+    net = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(4)])
+    x = torch.randn(512, 256)
+    shares = throughput.profile_shares(lambda: net(x).sum().backward(), updates=5, warmup=1)
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert sum(v for k, v in shares.items() if k in throughput.MATMUL_OPS) > 0.5
+
+
+def test_profile_table_has_every_row(tiny_mujoco_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tiny_mujoco_root))
+    out = tmp_path / "profile.md"
+    args = throughput.Args(dataset_id="o2o/hopper/medium-replay-v0", profile=True, threads=[1], block=2, repeats=1)
+    table = throughput.main(replace(args, out=str(out)))
+    raw = json.loads(out.with_suffix(".json").read_text())
+    assert set(raw) == set(throughput.ROWS)
+    for row, (title, _) in throughput.ROWS.items():
+        line = next(line for line in table.splitlines() if line.startswith(f"| {title} |"))
+        assert line.split("|")[2].strip() == f"{100 * raw[row]['matmul']:.0f} %"
+        assert 0 < raw[row]["matmul"] + raw[row]["optimizer"] <= 1 + 1e-9
+        assert raw[row]["optimizer"] > 0, f"{row}: the optimizer step was not found in the profile"
+    with pytest.raises(SystemExit, match="one at a time"):
+        throughput.main(replace(args, flops=True))
