@@ -442,51 +442,54 @@ def _is_optimizer_op(name: str) -> bool:
     return name.startswith(("Optimizer.", "aten::_foreach_")) or "adam" in name.lower()
 
 
-def profile_table(data: dict, args: "Args") -> tuple[list[str], dict]:
-    updates, threads = args.block * args.repeats, args.threads[0]
-    torch.set_num_threads(threads)
-    lines = [
-        f"Share of self CPU time in one update of ours (torch.profiler; {updates} updates after {args.warmup} "
-        f"warm-up, {threads} thread(s)), dataset {args.dataset_id}, batch {args.batch_size}.",
-        "",
-        "| update | matrix products | optimizer | largest other operators |",
-        "|---|---|---|---|",
-    ]
+def _row_table(caption: str, columns: list[str], args: "Args", measure: Callable) -> tuple[list[str], dict]:
+    """A markdown table with one line per offline row: `measure(build)` -> (the cells after the title, raw entry)."""
+    lines = [caption, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     raw: dict = {}
     for row in args.rows:
         title, build = ROWS[row]
+        cells, raw[row] = measure(build)
+        lines.append("| " + " | ".join([title, *cells]) + " |")
+        print(lines[-1], flush=True)
+    return lines, raw
+
+
+def profile_table(data: dict, args: "Args") -> tuple[list[str], dict]:
+    updates, threads = args.block * args.repeats, args.threads[0]
+    torch.set_num_threads(threads)
+
+    def measure(build):
         shares = profile_shares(build(data, args)[0]["ours"], updates, args.warmup)
         matmul = sum(v for k, v in shares.items() if k in MATMUL_OPS)
         optim = sum(v for k, v in shares.items() if _is_optimizer_op(k))
         others = [(k, v) for k, v in shares.items() if k not in MATMUL_OPS and not _is_optimizer_op(k)]
-        raw[row] = dict(matmul=matmul, optimizer=optim, shares=shares)
         top = ", ".join(f"{k} {100 * v:.0f} %" for k, v in others[:5])
-        lines.append(f"| {title} | {100 * matmul:.0f} % | {100 * optim:.0f} % | {top} |")
-        print(lines[-1], flush=True)
-    return lines, raw
+        cells = [f"{100 * matmul:.0f} %", f"{100 * optim:.0f} %", top]
+        return cells, dict(matmul=matmul, optimizer=optim, shares=shares)
+
+    caption = (
+        f"Share of self CPU time in one update of ours (torch.profiler; {updates} updates after {args.warmup} "
+        f"warm-up, {threads} thread(s)), dataset {args.dataset_id}, batch {args.batch_size}."
+    )
+    return _row_table(caption, ["update", "matrix products", "optimizer", "largest other operators"], args, measure)
 
 
 def flops_table(data: dict, args: "Args") -> tuple[list[str], dict]:
-    lines = [
-        f"GFLOP per update (matrix products; torch.utils.flop_counter), dataset {args.dataset_id}, batch "
-        f"{args.batch_size}; Off2On per ensemble member.",
-        "",
-        "| update | ours GFLOP | bare PyTorch GFLOP | ours / bare | peer GFLOP | ours by network |",
-        "|---|---|---|---|---|---|",
-    ]
-    raw: dict = {}
-    for row in args.rows:
-        title, build = ROWS[row]
+    def measure(build):
         fns, per = build(data, args)
         counts = {k: count_flops(fn) for k, fn in fns.items() if fn is not None}
         ours, split = counts["ours"][0] / per, counts["ours"][1]
         ref, peer = counts["reference"][0], counts.get("peer", (None,))[0]
-        raw[row] = dict(ours=ours, reference=ref, peer=peer, ours_by_network={m: f / per for m, f in split.items()})
         parts = ", ".join(f"{m} {f / per:.3f}" for m, f in sorted(split.items(), key=lambda kv: -kv[1]))
-        peer_cell = f"{peer:.3f}" if peer else "—"
-        lines.append(f"| {title} | {ours:.3f} | {ref:.3f} | {ours / ref:.2f}× | {peer_cell} | {parts} |")
-        print(lines[-1], flush=True)
-    return lines, raw
+        cells = [f"{ours:.3f}", f"{ref:.3f}", f"{ours / ref:.2f}×", f"{peer:.3f}" if peer else "—", parts]
+        return cells, dict(ours=ours, reference=ref, peer=peer, ours_by_network={m: f / per for m, f in split.items()})
+
+    caption = (
+        f"GFLOP per update (matrix products; torch.utils.flop_counter), dataset {args.dataset_id}, batch "
+        f"{args.batch_size}; Off2On per ensemble member."
+    )
+    columns = ["update", "ours GFLOP", "bare PyTorch GFLOP", "ours / bare", "peer GFLOP", "ours by network"]
+    return _row_table(caption, columns, args, measure)
 
 
 # ----------------------------------------------------------------------------------------------
