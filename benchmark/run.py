@@ -674,8 +674,10 @@ def plot_curves(cells: list[Cell], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     paths, points = [], []
-    for dataset in sorted({c.dataset for c in cells if (c.run_dir(out) / "summary.json").exists()}):
-        algos = [a for a in ALGORITHMS if any(c.algo == a and c.dataset == dataset for c in cells)]
+    finished = [c for c in cells if (c.run_dir(out) / "summary.json").exists()]
+    for dataset in sorted({c.dataset for c in finished}):
+        # a column per algorithm with a finished cell here, so a grid in progress draws no empty panels
+        algos = [a for a in ALGORITHMS if any(c.algo == a and c.dataset == dataset for c in finished)]
         fig, axes = plt.subplots(2, len(algos), figsize=(4.5 * len(algos), 7), squeeze=False)
         data = _data_score(dataset)
         for col, algo in enumerate(algos):

@@ -304,3 +304,21 @@ def test_launch_skips_a_cell_another_runner_finished(tmp_path):
 
     assert run.launch(cells, run.Args(preset="mujoco-cpu", workers=1), tmp_path, run=fake_run) == []
     assert str(other.run_dir(tmp_path)) not in ran and len(ran) == 3
+
+
+def test_curves_of_a_grid_in_progress_draw_only_algorithms_with_results(tmp_path, monkeypatch):
+    """Cells of off2on defined but not run: the figure gets famo2o's column only, not empty off2on panels."""
+    import matplotlib.pyplot as plt
+
+    cells = _fake_cells(tmp_path)
+    famo2o = cells[-1]
+    famo2o.run_dir(tmp_path).mkdir(parents=True)
+    evaluations = [dict(phase=p, step=s, normalized_score=v, mean_return=v) for p, s, v in
+                   [("offline", 10, 1.0), ("online", 0, 1.0), ("online", 10, 2.0)]]  # fmt: skip
+    (famo2o.run_dir(tmp_path) / "summary.json").write_text(json.dumps(dict(evaluations=evaluations)))
+    columns, subplots = [], plt.subplots
+    monkeypatch.setattr(plt, "subplots", lambda rows, cols, **kw: columns.append(cols) or subplots(rows, cols, **kw))
+    assert len(run.plot_curves(cells, tmp_path)) == 1
+    assert columns == [1]
+    with open(tmp_path / "curves.csv") as f:
+        assert {p["label"] for p in csv.DictReader(f)} == {"famo2o"}
