@@ -415,6 +415,9 @@ def launch(cells: list[Cell], args: Args, out: Path, run=run_cell) -> list[tuple
 # ---------------------------------------------------------------------------------------------
 PHASE_KEYS = ("offline_final", "offline_best", "online_final", "online_best")
 CLAIM_METRICS = ("offline_final", "online_final", "online_auc")  # what each claim is judged on
+# smallest IQM gap (normalized points) a verdict may call an effect: evaluations of near-deterministic policies give
+# near-point intervals, so two policies that both stand still (2.23 vs 2.21) would otherwise separate
+MIN_EFFECT = 1.0
 OFFLINE_UNIT = {  # the x-axis of each file's offline curve
     "famo2o": "gradient steps",
     "off2on": "gradient steps (per member)",
@@ -496,9 +499,9 @@ def _iqm_str(values) -> str:
 
 def claim_verdicts(rows: list[dict]) -> list[dict]:
     """For each CLAIMS pair present on a dataset: the IQM and CI of both arms per metric, and whether the intervals
-    separate (claim above baseline: 'holds'; below: 'reversed'; overlapping: 'inconclusive'; no verdict from one seed
-    per arm). A metric both arms share
-    seed for seed (the same offline phase) is left out."""
+    separate (claim above baseline: 'holds'; below: 'reversed'; overlapping: 'inconclusive'; separate but IQMs
+    closer than MIN_EFFECT: 'negligible'; no verdict from one seed per arm). A metric both arms share seed for seed
+    (the same offline phase) is left out."""
     verdicts = []
     for dataset in sorted({r["dataset"] for r in rows}):
         by_label = {}
@@ -515,6 +518,8 @@ def claim_verdicts(rows: list[dict]) -> list[dict]:
                     continue
                 (ma, la, ha), (mb, lb, hb) = iqm_ci(a), iqm_ci(b)
                 verdict = "holds" if la > hb else "reversed" if ha < lb else "inconclusive"
+                if verdict != "inconclusive" and abs(ma - mb) < MIN_EFFECT:
+                    verdict = "negligible"
                 if min(len(a), len(b)) < 2:  # one seed: the interval is a point, there is nothing to separate
                     verdict = "needs ≥ 2 seeds"
                 verdicts.append(
@@ -637,7 +642,8 @@ def write_tables(rows: list[dict], out: Path, title: str, notes: Optional[dict[s
         md += [
             "",
             "**Claims** — each method beside its own baseline, IQM [95 % CI] over seeds; *holds* when the claim's "
-            "interval lies above the baseline's, *reversed* when below, *inconclusive* when they overlap.",
+            "interval lies above the baseline's, *reversed* when below, *inconclusive* when they overlap, "
+            f"*negligible* when they separate but the IQMs are within {MIN_EFFECT:g} normalized point.",
             "",
             "| dataset | claim | baseline | metric | seeds | claim | baseline | verdict |",
             "|" + "---|" * 8,

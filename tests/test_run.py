@@ -241,6 +241,9 @@ def test_iqm_ci_and_claim_verdicts():
     assert overlap[0]["verdict"] == "inconclusive"
     reversed_ = run.claim_verdicts(rows("uni_o4[ope-gated]", [1, 2, 3]) + rows("uni_o4[bc-only]", [7, 8, 9]))
     assert reversed_[0]["verdict"] == "reversed"
+    # two standing-still policies: point-like intervals that separate by 0.02 are no effect
+    tiny = run.claim_verdicts(rows("uni_o4[ope-gated]", [2.23, 2.23]) + rows("uni_o4[bc-only]", [2.21, 2.21]))
+    assert tiny[0]["verdict"] == "negligible"
     single = run.claim_verdicts(rows("uni_o4[ope-gated]", [1]) + rows("uni_o4[bc-only]", [9, 8]))
     assert single[0]["verdict"] == "needs ≥ 2 seeds"
 
