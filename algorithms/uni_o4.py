@@ -178,6 +178,10 @@ class Args:
     """online phase: env steps over which `early_eval_freq` applies"""
     eval_episodes: int = 10
     """number of deterministic evaluation episodes"""
+    eval_stochastic: bool = False
+    """diagnostic: every evaluation on the run's curves also runs --eval-episodes episodes of the *sampled* policy
+    (clamped Gaussian samples, the actions PPO collects with; noise from its own generator, so training is unchanged)
+    and records `stochastic_score` / `stochastic_return` beside the deterministic one"""
     batch_size: int = 512
     """minibatch size of value fitting, BC and offline improvement (paper: 512)"""
     # ---- Uni-O4 ----
@@ -1113,14 +1117,20 @@ def online_eval_due(args: Args, lo: int, hi: int) -> bool:
     return False
 
 
-def policy_actor(pi: GaussianPolicyEnsemble, member: int, norm: StateNorm, a_center, a_half, device):
-    """The deterministic action of member `member` (its clamped mean), mapped to the env's Box."""
+def policy_actor(pi: GaussianPolicyEnsemble, member: int, norm: StateNorm, a_center, a_half, device, noise=None):
+    """Member `member`'s action mapped to the env's Box: its clamped mean (the paper's evaluation), or, given a numpy
+    Generator `noise`, a clamped sample of its Gaussian (--eval-stochastic)."""
 
     def act(obs):
         with torch.no_grad():
             obs_t = norm(torch.as_tensor(obs, dtype=torch.float32, device=device).reshape(1, -1))
-            mu = pi(obs_t)[0][member, 0].clamp(-1, 1).cpu().numpy()
-        return a_center + a_half * mu
+            mu, log_std = pi(obs_t)
+            a = mu[member, 0]
+            if noise is not None:
+                eps = torch.as_tensor(noise.standard_normal(a.shape[-1]), dtype=a.dtype, device=device)
+                a = a + log_std[member, 0].exp() * eps
+            a = a.clamp(-1, 1).cpu().numpy()
+        return a_center + a_half * a
 
     return act
 
@@ -1133,9 +1143,10 @@ class PolicyEvaluator:
         self.env, self.dataset, self.norm, self.act_map, self.args, self.log = env, dataset, norm, act_map, args, log
         self.device, self.env_steps = device, 0
 
-    def __call__(self, pi: GaussianPolicyEnsemble, member: int, seed_offset: int = 10_000):
+    def __call__(self, pi: GaussianPolicyEnsemble, member: int, seed_offset: int = 10_000, stochastic: bool = False):
         """-> (returns of the episodes, normalized score of their mean or None)."""
-        act = policy_actor(pi, member, self.norm, *self.act_map, self.device)
+        noise = np.random.default_rng(self.args.seed + seed_offset) if stochastic else None
+        act = policy_actor(pi, member, self.norm, *self.act_map, self.device, noise)
 
         def counted(obs):
             self.env_steps += 1
@@ -1144,6 +1155,17 @@ class PolicyEvaluator:
         with self.log.timer("eval"):
             returns = evaluate(self.env, counted, self.args.eval_episodes, self.args.seed + seed_offset)
         return returns, normalized_score(self.dataset, float(returns.mean()))
+
+    def record(self, phase: str, step: int, pi: GaussianPolicyEnsemble, member: int, done=None):
+        """One point of the run's `phase` curve (`done`: this member's (returns, score) if already evaluated); with
+        --eval-stochastic the sampled policy's score rides along: on multimodal data the mean action can stand
+        still while the samples PPO improves move (halfcheetah medium-replay, README)."""
+        returns, score = done if done is not None else self(pi, member)
+        extra = {}
+        if self.args.eval_stochastic:
+            s_returns, s_score = self(pi, member, stochastic=True)
+            extra = dict(stochastic_return=float(s_returns.mean()), stochastic_score=s_score)
+        self.log.eval(phase, step, returns, score, **extra)
 
 
 # ==============================================================================================
@@ -1198,7 +1220,7 @@ def main(args: Args) -> dict:
         agent.load_checkpoint(ckpt)
         sel = int(ckpt["selected_member"])
         print(f"[offline] loaded {args.load_offline} (selected member {sel}): offline training skipped", flush=True)
-        log.eval("offline", args.offline_steps, *evaluate_policy(agent.pi_ref, sel))
+        evaluate_policy.record("offline", args.offline_steps, agent.pi_ref, sel)
         extra.update(ckpt["offline_results"], offline_loaded_from=args.load_offline)
         diagnostics.update(ckpt["diagnostics"])
         actor, V = agent.pi_ref.extract(sel).requires_grad_(True), agent.V
@@ -1219,7 +1241,7 @@ def main(args: Args) -> dict:
             scale_fn = make_reward_scale(args, data)
             critic = online_critic(V, scale_fn, data, data_t, args, gen)
         ppo = OnlinePPO(actor, critic, args)
-        log.eval("online", 0, *evaluate_policy(actor, 0))  # the curve starts at the policy fine-tuning starts from
+        evaluate_policy.record("online", 0, actor, 0)  # the curve starts at the policy fine-tuning starts from
         env = dataset.recover_environment()
         if not isinstance(env.observation_space, gym.spaces.Box):
             env = gym.wrappers.FlattenObservation(env)
@@ -1239,7 +1261,7 @@ def main(args: Args) -> dict:
                     log.scalar("online", f"losses/{tag}", value, global_step)
                 log.scalar("online", "charts/SPS", global_step / (time.time() - start_time), global_step)
             if online_eval_due(args, rollout_start, global_step) or global_step == online_steps:
-                log.eval("online", global_step, *evaluate_policy(actor, 0))  # after the update, at the rollout's end
+                evaluate_policy.record("online", global_step, actor, 0)  # after the update, at the rollout's end
         if args.save_model:  # the fine-tuned policy, with the frozen state statistics it acts on
             online_ckpt = dict(pi=actor.state_dict(), V=critic.state_dict(), state_mean=norm.mean, state_std=norm.std)
             torch.save(online_ckpt, os.path.join(run_dir, "online.pt"))
@@ -1321,14 +1343,14 @@ def offline_phase(
             log.scalar("offline", f"ope/amq_member{i}", float(best[i]), 0)
         sel = int(best.argmax())
         bc_rets, bc_normalized, bc_scores = evaluate_members(0)
-        log.eval("offline", 0, bc_rets[sel], bc_normalized[sel])
+        evaluate_policy.record("offline", 0, agent.pi_ref, sel, done=(bc_rets[sel], bc_normalized[sel]))
         for i in range(pi.n):  # each BC member's real score and dataset NLL, side by side
             log.scalar("offline", f"bc/score_member{i}", bc_scores[i], args.bc_steps)
             log.scalar("offline", f"bc/final_nll_member{i}", bc_member_nll[i], args.bc_steps)
         extra.update(bc_score=bc_scores[sel], bc_member_scores=bc_scores, bc_member=sel)
 
         def evaluate_selected(step: int, best: torch.Tensor):
-            log.eval("offline", step, *evaluate_policy(agent.pi_ref, int(best.argmax())))
+            evaluate_policy.record("offline", step, agent.pi_ref, int(best.argmax()))
 
         result = improve_offline(agent, data_t, score, best, args, gen, log, evaluate_selected)
         best, accepts = result["best"], result["accepts"]
@@ -1346,7 +1368,9 @@ def offline_phase(
             print(f"[offline] --select-with-env spent {spent} real env steps choosing member {sel}")
         if args.offline_steps > 0 or sel != extra["bc_member"]:
             final_rets, final_normalized, final_scores = evaluate_members(args.offline_steps)
-            log.eval("offline", args.offline_steps, final_rets[sel], final_normalized[sel])
+            evaluate_policy.record(
+                "offline", args.offline_steps, agent.pi_ref, sel, (final_rets[sel], final_normalized[sel])
+            )
         else:  # nothing changed since the evaluation after BC
             final_scores = bc_scores
     final_amq = best.tolist()  # AM-Q of each member's accepted reference policy, i.e. of the final policies
@@ -1966,6 +1990,9 @@ class RunLogger:
         self.scalar(phase, "eval/episodic_return", float(returns.mean()), step)
         if score is not None:
             self.scalar(phase, "eval/normalized_score", score, step)
+        for k, v in extra.items():
+            if isinstance(v, float):
+                self.scalar(phase, f"eval/{k}", v, step)
         self.evals.append(
             dict(
                 phase=phase,

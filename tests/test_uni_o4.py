@@ -570,6 +570,26 @@ def test_other_paths_run(minari_root, tmp_path):
     assert out["offline"] is None and out["online"]["final_score"] is not None and out["online_env_steps"] == 256
 
 
+def test_eval_stochastic_records_the_sampled_policy_and_leaves_training_unchanged(minari_root, tmp_path):
+    """--eval-stochastic adds the sampled policy's score to every point of both curves; the deterministic
+    evaluations (and so the training they follow) are the same numbers as a run without it."""
+    tiny = ["--dataset-id", "o2o/pendulum/medium-replay-v0", "--value-steps", "50", "--bc-steps", "50",
+            "--offline-steps", "20", "--ope-freq", "10", "--eval-freq", "10", "--online-steps", "256",
+            "--num-steps", "128", "--update-epochs", "1", "--eval-episodes", "2", "--dyn-max-epochs", "2",
+            *SMALL[:-4]]  # fmt: skip
+    plain = run_algo(SCRIPT, *tiny, minari_root=minari_root, run_dir=tmp_path / "a")
+    diag = run_algo(SCRIPT, *tiny, "--eval-stochastic", minari_root=minari_root, run_dir=tmp_path / "b")
+    key = ("phase", "step", "mean_return", "std_return")
+    assert [tuple(e[k] for k in key) for e in diag["evaluations"]] == [
+        tuple(e[k] for k in key) for e in plain["evaluations"]
+    ]
+    assert {e["phase"] for e in diag["evaluations"]} == {"offline", "online"}
+    assert all("stochastic_return" in e for e in diag["evaluations"])
+    assert not any("stochastic_return" in e for e in plain["evaluations"])
+    # the samples are not the mean: after 50 BC steps the policy's std is far from 0
+    assert any(e["stochastic_return"] != e["mean_return"] for e in diag["evaluations"])
+
+
 def test_online_loop_evaluates_from_step_0_and_early_and_logs_update_means(minari_root, tmp_path, monkeypatch):
     """In-process online-only run with the PPO minibatch step replaced by a stub returning known statistics:
     evaluations at env step 0 (before any interaction), at the first rollout end at or after each due step (early
