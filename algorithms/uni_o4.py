@@ -1165,6 +1165,9 @@ class PolicyEvaluator:
         if self.args.eval_stochastic:
             s_returns, s_score = self(pi, member, stochastic=True)
             extra = dict(stochastic_return=float(s_returns.mean()), stochastic_score=s_score)
+            for k, v in extra.items():
+                if v is not None:
+                    self.log.scalar(phase, f"eval/{k}", v, step)
         self.log.eval(phase, step, returns, score, **extra)
 
 
@@ -1990,9 +1993,6 @@ class RunLogger:
         self.scalar(phase, "eval/episodic_return", float(returns.mean()), step)
         if score is not None:
             self.scalar(phase, "eval/normalized_score", score, step)
-        for k, v in extra.items():
-            if isinstance(v, float):
-                self.scalar(phase, f"eval/{k}", v, step)
         self.evals.append(
             dict(
                 phase=phase,
