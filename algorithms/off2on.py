@@ -1348,6 +1348,31 @@ def check_flags(checks: list[tuple[bool, str]]):
             fail(msg)
 
 
+def load_offline_checkpoint(path: str, meta: dict) -> dict:
+    """Read a checkpoint saved at the end of the offline phase (`torch.save(dict(meta=meta, ...))`) and check that it
+    fits this run: every key of `meta` must match, except `dataset_id` (fine-tuning on other data only warns).
+    DatasetError (exit 2, before anything is written) on a missing or foreign file or a mismatched flag."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"--load-offline: no such file '{path}'")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        saved = ckpt["meta"]
+    except Exception as e:
+        raise DatasetError(
+            f"--load-offline: '{path}' is not an offline checkpoint ({type(e).__name__}: {e}); "
+            "save one with --save-model"
+        ) from e
+    for key, want in meta.items():
+        if key != "dataset_id" and saved.get(key) != want:
+            raise DatasetError(
+                f"--load-offline: '{path}' was made with {key}={saved.get(key)!r} but this run has {key}={want!r} "
+                f"(checkpoint dataset: {saved.get('dataset_id')}); pass matching flags, or train the offline phase"
+            )
+    if saved.get("dataset_id") != meta.get("dataset_id"):
+        warn(f"the offline checkpoint was trained on {saved.get('dataset_id')}, fine-tuning uses {meta['dataset_id']}")
+    return ckpt
+
+
 # D4RL locomotion -> Minari's remote ids of the same env and quality, where Minari has one (medium-replay and
 # medium-expert have none; Minari's are re-collected on v5 envs, not D4RL's data)
 REMOTE_IDS = {f"o2o/{e}/medium-v0": f"mujoco/{e}/medium-v0" for e in ("hopper", "halfcheetah", "walker2d")}

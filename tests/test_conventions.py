@@ -2,8 +2,10 @@
 mismatched or non-finite dataset is refused with a clear message, a non-zero exit, and no run
 directory left behind. Each file carries its own copy of the loading code, so each is checked."""
 
+import ast
 import importlib
 import inspect
+import re
 import shutil
 from pathlib import Path
 
@@ -377,3 +379,98 @@ def test_the_shared_helpers_have_one_form():
         assert params == ["in_features", "out_features", "n"], (algo, params)
         layer = m.VectorizedLinear(3, 5, 2)
         assert layer(torch.zeros(2, 7, 3)).shape == (2, 7, 5)
+
+
+# ---- reference size (README "Conventions"): what each file's lines are for, measured by an `ast` pass
+ROLE_PATTERNS = (  # top-level name -> role, first match wins; everything else is the algorithm
+    ("configuration", re.compile(r"^Args$|CONFIG|PAPER")),
+    ("checks", re.compile(r"validate|check|_meta$|^OFFLINE_")),
+    ("logging", re.compile(r"log|diagnos|stats|Stats|summary")),
+    ("evaluation", re.compile(r"eval|Eval")),
+)
+LOG_CALL = re.compile(r"(log|logger|writer|self\.log|self\.writer)\.\w+$|print$|log_\w+$")
+LIMITS = dict(uni_o4=1500, off2on=1000, famo2o=1000)
+
+
+def file_roles(path: Path) -> dict:
+    """Lines by role. header: module docstring and imports; harness: the HARNESS banner to the end; each top-level
+    statement in between owns its lines (decorators, and the blank or comment lines above it, included) and gets the
+    role its name matches in ROLE_PATTERNS, else 'algorithm'. prose: docstring and comment-only lines, anywhere."""
+    text = path.read_text()
+    lines = text.splitlines()
+    tree = ast.parse(text)
+    harness = next(i for i, line in enumerate(lines) if line.startswith("# HARNESS")) - 1  # the banner's top rule
+    role = ["header"] * len(lines)
+    body = [n for n in tree.body if not isinstance(n, (ast.Import, ast.ImportFrom, ast.Expr))]
+    prose = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(node) is not None:
+            doc = node.body[0]
+            prose.update(range(doc.lineno - 1, doc.end_lineno))
+    prose.update(i for i, line in enumerate(lines) if line.lstrip().startswith("#"))
+    starts = [min([n.lineno] + [d.lineno for d in getattr(n, "decorator_list", [])]) - 1 for n in body]
+    first = starts[0] if starts else harness
+    while first > 0 and (not lines[first - 1].strip() or lines[first - 1].startswith("#")):
+        first -= 1
+    bounds = [first] + starts[1:] + [len(lines)]
+    for node, lo, hi in zip(body, bounds[:-1], bounds[1:]):
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            name = node.name
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            target = node.targets[0] if isinstance(node, ast.Assign) else node.target
+            name = target.id if isinstance(target, ast.Name) else ""
+        else:
+            name = ""
+        kind = next((r for r, pat in ROLE_PATTERNS if name and pat.search(name)), "algorithm")
+        for i in range(lo, min(hi, harness)):
+            role[i] = kind
+        if kind == "algorithm":  # logging calls written inside the algorithm's functions are logging too
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Expr) and isinstance(sub.value, ast.Call):
+                    if LOG_CALL.match(ast.unparse(sub.value.func)):
+                        for i in range(sub.lineno - 1, sub.end_lineno):
+                            role[i] = "logging"
+    for i in range(harness, len(lines)):
+        role[i] = "harness"
+    counts = {r: role.count(r) for r in ("header", "configuration", "algorithm", "checks", "logging", "evaluation")}
+    counts["harness"] = len(lines) - harness
+    counts["lines"] = len(lines)
+    counts["algorithm_share"] = counts["algorithm"] / len(lines)
+    counts["prose_share"] = len(prose) / len(lines)
+    counts["first_network"] = next(
+        n.lineno for n in body if isinstance(n, ast.ClassDef) and any(ast.unparse(b) == "nn.Module" for b in n.bases)
+    )
+    defs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    counts["longest_function"] = max((n.end_lineno - n.lineno + 1, n.name) for n in defs)
+    return counts
+
+
+def roles_table() -> str:
+    rows = {a: file_roles(ROOT / "algorithms" / f"{a}.py") for a in ALGORITHMS}
+    keys = ["lines", "header", "configuration", "algorithm", "checks", "logging", "evaluation", "harness"]
+    out = ["| role | " + " | ".join(rows) + " |", "|---" * (len(rows) + 1) + "|"]
+    out += [f"| {k} | " + " | ".join(str(r[k]) for r in rows.values()) + " |" for k in keys]
+    out.append("| algorithm share | " + " | ".join(f"{r['algorithm_share']:.0%}" for r in rows.values()) + " |")
+    out.append("| prose share | " + " | ".join(f"{r['prose_share']:.0%}" for r in rows.values()) + " |")
+    out.append("| first network (line) | " + " | ".join(str(r["first_network"]) for r in rows.values()) + " |")
+    out.append(
+        "| longest function | "
+        + " | ".join(f"{r['longest_function'][1]} ({r['longest_function'][0]})" for r in rows.values())
+        + " |"
+    )
+    return "\n".join(out)
+
+
+@pytest.mark.parametrize("algo", ALGORITHMS)
+def test_the_file_is_reference_sized(algo):
+    """Issue targets: algorithm ≥ 60 % of the lines, prose ≤ 15 %, the harness ≤ 150 lines, the first network within
+    200 lines of the top, no function over 100 lines, and a line budget per file. `python -m pytest -s -k
+    reference_sized` prints the table (README "Conventions")."""
+    r = file_roles(ROOT / "algorithms" / f"{algo}.py")
+    print(f"\n{roles_table()}")
+    assert r["lines"] <= LIMITS[algo], r
+    assert r["algorithm_share"] >= 0.60, r
+    assert r["prose_share"] <= 0.15, r
+    assert r["harness"] <= 150, r
+    assert r["first_network"] <= 200, r
+    assert r["longest_function"][0] <= 100, r
