@@ -21,6 +21,7 @@ never leaves a half-written dataset behind.
 New environments slot in as another `Recipe` in `RECIPES`.
 """
 
+import functools
 import json
 import os
 import platform
@@ -57,6 +58,9 @@ class Recipe:
     """what the behaviour policies are, stored in each dataset"""
     default_transitions: int = 10_000
     """default size of each quality (medium-expert holds twice as many: the union of medium and expert)"""
+    replay: Optional["ReplayBuffer"] = None
+    """medium-replay as D4RL made it (a training run's replay buffer, segment by segment); None: medium-replay is
+    `behaviour('medium-replay', progress, rng)`"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,59 +124,107 @@ RECIPES: dict[str, Recipe] = {
 POLICY_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "policies")
 
 
+class PolicyError(FileNotFoundError):
+    """A shipped policy or a SAC run is missing or unreadable: exit 2, nothing written."""
+
+
 def load_policies(env_name: str) -> dict:
     """policies.json of a shipped env: the medium and expert checkpoints and the medium-replay sequence."""
     path = os.path.join(POLICY_DIR, env_name, "policies.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(
+        raise PolicyError(
             f"no behaviour policies shipped for '{env_name}' ({path} is missing): train them with "
             f"`python benchmark/sac.py --env-id {MUJOCO[env_name][0]} --checkpoint-dir DIR`, then "
             f"`python benchmark/make_datasets.py --envs {env_name} --ship-from DIR`"
         )
     with open(path) as f:
-        return json.load(f)
+        meta = json.load(f)
+    if meta.get("format") != 2:
+        raise PolicyError(f"'{path}' is from an older builder (no format 2): ship the policies again with --ship-from")
+    return meta
+
+
+def check_policies(env_name: str):
+    """Every checkpoint policies.json names loads, so a build fails before it writes anything."""
+    meta = load_policies(env_name)
+    for c in [meta["medium"], meta["expert"], *meta["replay_sequence"]]:
+        load_actor_checked(os.path.join(POLICY_DIR, env_name, c["file"]))
+
+
+@functools.cache
+def load_actor_checked(path: str):
+    """A shipped actor (loaded once), or PolicyError naming the file when it is missing or unreadable."""
+    from sac import load_actor  # torch is only needed for the MuJoCo recipes
+
+    if not os.path.isfile(path):
+        raise PolicyError(f"behaviour policy '{path}' is missing: ship the policies again")
+    try:
+        return load_actor(path)
+    except Exception as e:
+        raise PolicyError(f"behaviour policy '{path}' could not be read ({type(e).__name__}: {e}): ship again") from e
+
+
+def sac_policy(pi, rng: np.random.Generator) -> Policy:
+    """Stochastic actions of a SAC actor, as D4RL sampled its behaviour policies (own torch generator)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+
+    def act(obs):
+        with torch.no_grad():
+            mean, log_std = pi(torch.as_tensor(obs, dtype=torch.float32)[None])
+            u = mean + log_std.exp() * torch.randn(mean.shape, generator=gen)
+            return (torch.tanh(u) * pi.action_scale + pi.action_bias)[0].numpy()
+
+    return act
+
+
+def uniform_policy(meta: dict, rng: np.random.Generator) -> Policy:
+    low, high = np.array(meta["low"], np.float32), np.array(meta["high"], np.float32)
+    return lambda obs: rng.uniform(low, high).astype(np.float32)
 
 
 def mujoco_behaviour(env_name: str) -> Callable[[str, float, np.random.Generator], Policy]:
-    """Stochastic actions of the shipped SAC actors, as D4RL sampled its behaviour policies. medium-replay
-    walks the checkpoint sequence from random actions up to the medium policy."""
-    actors: dict[str, object] = {}
-
-    def actor(file: str):
-        if file not in actors:
-            from sac import load_actor  # torch is only needed for the MuJoCo recipes
-
-            actors[file] = load_actor(os.path.join(POLICY_DIR, env_name, file))
-        return actors[file]
+    """random, medium and expert: uniform actions, or the shipped medium / expert SAC actor."""
 
     def behaviour(quality: str, progress: float, rng: np.random.Generator) -> Policy:
-        import torch
-
         meta = load_policies(env_name)
         if quality == "random":
-            file = None
-        elif quality in ("medium", "expert"):
-            file = meta[quality]["file"]
-        elif quality == "medium-replay":
-            sequence = [None] + [c["file"] for c in meta["replay_sequence"]]
-            file = sequence[min(int(progress * len(sequence)), len(sequence) - 1)]
-        else:
-            raise ValueError(f"unknown quality {quality!r}")
-        low, high = np.array(meta["low"], np.float32), np.array(meta["high"], np.float32)
-        if file is None:
-            return lambda obs: rng.uniform(low, high).astype(np.float32)
-        pi = actor(file)
-        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-
-        def act(obs):
-            with torch.no_grad():
-                mean, log_std = pi(torch.as_tensor(obs, dtype=torch.float32)[None])
-                u = mean + log_std.exp() * torch.randn(mean.shape, generator=gen)
-                return (torch.tanh(u) * pi.action_scale + pi.action_bias)[0].numpy()
-
-        return act
+            return uniform_policy(meta, rng)
+        return sac_policy(load_actor_checked(os.path.join(POLICY_DIR, env_name, meta[quality]["file"])), rng)
 
     return behaviour
+
+
+def replay_plan(meta: dict, total: int) -> list[tuple[Optional[str], int]]:
+    """D4RL's medium-replay is the replay buffer of the SAC run up to its medium policy. Here each shipped checkpoint
+    of `replay_sequence` stands for the env steps from its own step to the next one's (the first: from learning
+    starts; the last: to the medium step), uniform random actions (None) for the learning-starts steps, and each gets
+    its share of `total` transitions (largest remainder), in training order."""
+    seq, learning_starts, medium = meta["replay_sequence"], meta["learning_starts"], meta["medium"]["step"]
+    bounds = np.array([0, learning_starts] + [c["step"] for c in seq[1:]] + [medium], dtype=float)
+    keys = [None] + [c["file"] for c in seq]
+    exact = total * np.diff(bounds) / medium
+    counts = np.floor(exact).astype(int)
+    for i in np.argsort(counts - exact, kind="stable")[: total - counts.sum()]:
+        counts[i] += 1
+    return [(k, int(c)) for k, c in zip(keys, counts) if c > 0]
+
+
+@dataclass(frozen=True)
+class ReplayBuffer:
+    """medium-replay of a shipped env: `plan(total)` segments and `policy(segment, rng)` their behaviour."""
+
+    env_name: str
+
+    def plan(self, total: int) -> list[tuple[Optional[str], int]]:
+        return replay_plan(load_policies(self.env_name), total)
+
+    def policy(self, segment: Optional[str], rng: np.random.Generator) -> Policy:
+        meta = load_policies(self.env_name)
+        if segment is None:
+            return uniform_policy(meta, rng)
+        return sac_policy(load_actor_checked(os.path.join(POLICY_DIR, self.env_name, segment)), rng)
 
 
 # env name -> (gymnasium id, D4RL random score, D4RL expert score): normalized scores read on the papers' scale
@@ -188,58 +240,118 @@ for _name, (_env_id, _lo, _hi) in MUJOCO.items():
         ref_max_score=_hi,
         behaviour=mujoco_behaviour(_name),
         default_transitions=100_000,
+        replay=ReplayBuffer(_name),
         description=(
             f"{_env_id}, D4RL recipe rebuilt locally: behaviour policies are checkpoints of one SAC run "
-            "(benchmark/sac.py): expert = best evaluation, medium = the checkpoint nearest one third of it, "
-            "medium-replay = rollouts of the checkpoint sequence from random actions up to medium, "
-            "medium-expert = union of a medium and an expert set; stochastic actions. Reference scores are "
+            "(benchmark/sac.py): expert = best deterministic evaluation, medium = the checkpoint whose stochastic "
+            "return is nearest D4RL's medium data score, medium-replay = that run's replay buffer up to the medium "
+            "checkpoint (uniform random actions for its learning-starts steps, then each checkpoint's rollouts for "
+            "its share of the env steps, in training order), medium-expert = union of a medium and an expert set; "
+            "stochastic actions. Reference scores are "
             "D4RL's random/expert returns, so normalized scores read on the D4RL scale (the envs are v5, "
             "not D4RL's v2, so the numbers are comparable in scale, not identical)."
         ),
     )
 
 
-def ship_policies(env_name: str, train_dir: str, replay_steps: int = 8) -> dict:
-    """Pick, from a SAC run's checkpoints.json, expert = the best evaluation and medium = the checkpoint
-    (before the best) whose return is nearest one third of it, as D4RL did; copy them and up to
-    `replay_steps` evenly spaced earlier checkpoints (the medium-replay sequence) into POLICY_DIR."""
-    with open(os.path.join(train_dir, "checkpoints.json")) as f:
-        run = json.load(f)
-    ckpts = run["checkpoints"]
+# D4RL v2's medium datasets, normalized score of the data (mean over episodes): what `medium` is picked to match
+D4RL_MEDIUM_DATA = {"hopper": 44.3, "halfcheetah": 40.7, "walker2d": 62.1}
+
+
+def ship_policies(env_name: str, train_dir: str, max_replay: int = 16) -> dict:
+    """From a benchmark/sac.py run: expert = the best deterministic evaluation; medium = the checkpoint before it whose
+    stochastic return (what a dataset scores) is nearest D4RL's medium data score (the 3 nearest by the run's own
+    evaluation, re-measured on 10 episodes); the medium-replay sequence = every checkpoint before medium, thinned to
+    at most `max_replay` evenly spaced ones. Copied into POLICY_DIR/<env>/ with policies.json, atomically."""
+    import sac
+
+    index = os.path.join(train_dir, "checkpoints.json")
+    if not os.path.isfile(index):
+        raise PolicyError(f"--ship-from: '{index}' is missing: point it at a benchmark/sac.py --checkpoint-dir")
+    try:
+        with open(index) as f:
+            run = json.load(f)
+        ckpts, args = run["checkpoints"], run["args"]
+        assert all("eval_return_stochastic" in c for c in ckpts), "made by an older sac.py (no stochastic returns)"
+    except Exception as e:
+        raise PolicyError(f"--ship-from: '{index}' is not a benchmark/sac.py index ({type(e).__name__}: {e})") from e
+    env_id, lo, hi = MUJOCO[env_name]
+    actors = {}
+    for c in ckpts:  # every checkpoint must load before anything is written
+        actors[c["file"]] = load_actor_checked(os.path.join(train_dir, c["file"]))
     best = max(range(len(ckpts)), key=lambda i: ckpts[i]["eval_return"])
-    target = ckpts[best]["eval_return"] / 3
-    medium = min(range(best + 1), key=lambda i: abs(ckpts[i]["eval_return"] - target))
-    picks = np.unique(np.linspace(0, medium, min(replay_steps, medium + 1)).round().astype(int))
+    target = lo + D4RL_MEDIUM_DATA[env_name] / 100 * (hi - lo)
+    trained = [i for i in range(best) if ckpts[i]["step"] > args["learning_starts"]]
+    if not trained:
+        raise PolicyError(
+            f"--ship-from: '{index}' has no checkpoint between learning starts and its best; train longer"
+        )
+    candidates = sorted(trained, key=lambda i: abs(ckpts[i]["eval_return_stochastic"] - target))[:3]
+    remeasured = {
+        i: sac.evaluate(actors[ckpts[i]["file"]], env_id, 10, seed=20_000, device="cpu", stochastic=True)
+        for i in candidates
+    }
+    medium = min(candidates, key=lambda i: (abs(remeasured[i] - target), i))
+    replay = [i for i in range(medium) if ckpts[i]["step"] >= args["learning_starts"]]
+    replay = [
+        replay[j] for j in np.unique(np.linspace(0, len(replay) - 1, min(max_replay, len(replay))).round().astype(int))
+    ]
     out = os.path.join(POLICY_DIR, env_name)
-    os.makedirs(out, exist_ok=True)
-    for i in {*picks.tolist(), medium, best}:
-        shutil.copy(os.path.join(train_dir, ckpts[i]["file"]), out)
-    first = torch_load_meta(os.path.join(train_dir, ckpts[best]["file"]))
+    os.makedirs(POLICY_DIR, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{env_name}-", dir=POLICY_DIR)
+    try:
+        for i in {*replay, medium, best}:
+            shutil.copy(os.path.join(train_dir, ckpts[i]["file"]), tmp)
+        first = actors[ckpts[best]["file"]]
+        meta = dict(
+            format=2,
+            env_id=run["env_id"],
+            sac_seed=run["seed"],
+            steps_trained=ckpts[-1]["step"],
+            learning_starts=args["learning_starts"],
+            low=(first.action_bias - first.action_scale).tolist(),
+            high=(first.action_bias + first.action_scale).tolist(),
+            expert=ckpts[best],
+            medium=dict(ckpts[medium], stochastic_return_10=remeasured[medium]),
+            replay_sequence=[ckpts[i] for i in replay],
+            # returns are exact only where the float kernels are the same (see tests/test_shipped_policies.py)
+            reproduced=[dict(kernels(), medium=ckpts[medium]["eval_return"], expert=ckpts[best]["eval_return"])],
+            # no schedule depends on the run's length, so a run stopped early is the prefix of a longer one
+            command=f"python benchmark/sac.py --env-id {run['env_id']} --seed {run['seed']} "
+            f"--total-timesteps {ckpts[-1]['step']} --checkpoint-freq {args['checkpoint_freq']} --checkpoint-dir DIR",
+        )
+        with open(os.path.join(tmp, "policies.json"), "w") as f:
+            json.dump(meta, f, indent=1)
+        if os.path.exists(out):
+            os.replace(out, tmp + ".old")
+        os.replace(tmp, out)
+        shutil.rmtree(tmp + ".old", ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    load_actor_checked.cache_clear()
+    return meta
+
+
+def kernels() -> dict:
+    """What decides the float kernels, so the returns' exactness: torch's CPU capability and the vector-ISA flags
+    (the CPU's name string is not enough: one VM string covers several CPUs), MuJoCo's and torch's versions."""
     import mujoco
     import torch
 
-    meta = dict(
-        env_id=run["env_id"],
-        sac_seed=run["seed"],
-        steps_trained=ckpts[-1]["step"],
-        low=first["low"],
-        high=first["high"],
-        expert=ckpts[best],
-        medium=ckpts[medium],
-        replay_sequence=[ckpts[i] for i in picks],
-        # the returns above were measured with this physics build and CPU (chaotic contacts amplify float
-        # differences between builds and CPUs' kernels, so other machines reproduce them only approximately)
-        measured_with=dict(cpu=cpu_model(), mujoco=mujoco.__version__, torch=torch.__version__),
-        # the run may have been stopped early: its first `steps_trained` steps are what a run of that length
-        # does (no schedule depends on the total), and the checkpoint evaluations draw from torch's RNG, so
-        # the checkpoint frequency is part of the command
-        command=f"python benchmark/sac.py --env-id {run['env_id']} --seed {run['seed']} "
-        f"--total-timesteps {ckpts[-1]['step']} --checkpoint-freq {run['args']['checkpoint_freq']} "
-        f"--checkpoint-dir DIR",
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next(ln for ln in f if ln.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        pass
+    isa = sorted(flags & {"sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "amx_tile"})
+    return dict(
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        isa="+".join(isa),
+        mujoco=mujoco.__version__,
+        torch=torch.__version__,
+        cpu=cpu_model(),
     )
-    with open(os.path.join(out, "policies.json"), "w") as f:
-        json.dump(meta, f, indent=1)
-    return meta
 
 
 def cpu_model() -> str:
@@ -267,12 +379,6 @@ def describe(did: str) -> str:
     )
 
 
-def torch_load_meta(path: str) -> dict:
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def dataset_id(env: str, quality: str) -> str:
     return f"o2o/{env}/{quality}-v0"
 
@@ -280,8 +386,9 @@ def dataset_id(env: str, quality: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # Rollouts and dataset creation
 # ---------------------------------------------------------------------------------------------
-def rollout(env: gym.Env, policy: Policy, seed: int, episode_id: int) -> EpisodeBuffer:
-    """One episode, recorded with N+1 observations and gymnasium's terminated/truncated flags."""
+def rollout(env: gym.Env, policy: Policy, seed: int, episode_id: int, max_steps: Optional[int] = None) -> EpisodeBuffer:
+    """One episode, recorded with N+1 observations and gymnasium's terminated/truncated flags; cut after `max_steps`
+    steps (marked truncated, as a replay buffer's last episode of a policy is)."""
     obs, _ = env.reset(seed=seed)
     observations, actions, rewards, terms, truncs = [obs], [], [], [], []
     done = False
@@ -292,8 +399,8 @@ def rollout(env: gym.Env, policy: Policy, seed: int, episode_id: int) -> Episode
         actions.append(action)
         rewards.append(float(r))
         terms.append(bool(terminated))
-        truncs.append(bool(truncated))
-        done = terminated or truncated
+        truncs.append(bool(truncated) or (not terminated and len(rewards) == max_steps))
+        done = terms[-1] or truncs[-1]
     return EpisodeBuffer(
         id=episode_id,
         seed=seed,
@@ -309,23 +416,43 @@ def rollout(env: gym.Env, policy: Policy, seed: int, episode_id: int) -> Episode
 def collect(
     recipe: Recipe, quality: str, seed: int, episodes: Optional[int] = None, transitions: Optional[int] = None
 ) -> list[EpisodeBuffer]:
-    """Whole episodes of one quality: exactly `episodes` of them, or as many as reach `transitions` steps
-    (default: the recipe's size). medium-expert is a medium set plus an expert set of that size."""
+    """The episodes of one quality (see `collect_segments`)."""
+    return [buf for _, buf in collect_segments(recipe, quality, seed, episodes, transitions)]
+
+
+def collect_segments(
+    recipe: Recipe, quality: str, seed: int, episodes: Optional[int] = None, transitions: Optional[int] = None
+) -> list[tuple[Optional[str], EpisodeBuffer]]:
+    """(behaviour segment, episode) pairs of one quality: exactly `episodes` episodes, or whole episodes until
+    `transitions` steps (default: the recipe's size). medium-expert is a medium set plus an expert set of that size.
+    With a replay plan, medium-replay follows it segment by segment: exact transition counts (a segment's last
+    episode is cut, truncated), or the episodes shared out in proportion."""
     target = transitions or recipe.default_transitions
-    parts = ("medium", "expert") if quality == "medium-expert" else (quality,)
     env = gym.make(recipe.env_id)
     env.action_space.seed(seed)
-    buffers = []
+    out: list[tuple[Optional[str], EpisodeBuffer]] = []
+    if quality == "medium-replay" and recipe.replay is not None:
+        rng = np.random.default_rng([seed, QUALITIES.index(quality), 0])
+        for segment, n in recipe.replay.plan(episodes or target):
+            i = steps = 0
+            while (i < n) if episodes else (steps < n):
+                policy = recipe.replay.policy(segment, rng)
+                buf = rollout(env, policy, seed * 1_000_003 + len(out), len(out), None if episodes else n - steps)
+                out.append((segment, buf))
+                i, steps = i + 1, steps + len(buf.rewards)
+        env.close()
+        return out
+    parts = ("medium", "expert") if quality == "medium-expert" else (quality,)
     for k, part in enumerate(parts):
         rng = np.random.default_rng([seed, QUALITIES.index(part), k])
         i = steps = 0
         while (i < episodes) if episodes else (steps < target):
             progress = i / max(episodes - 1, 1) if episodes else steps / target
             policy = recipe.behaviour(part, progress, rng)
-            buffers.append(rollout(env, policy, seed=seed * 1_000_003 + 10_000 * k + i, episode_id=len(buffers)))
-            i, steps = i + 1, steps + len(buffers[-1].rewards)
+            out.append((part, rollout(env, policy, seed=seed * 1_000_003 + 10_000 * k + i, episode_id=len(out))))
+            i, steps = i + 1, steps + len(out[-1][1].rewards)
     env.close()
-    return buffers
+    return out
 
 
 def build(
@@ -412,14 +539,18 @@ def main(args: Args) -> int:
         if len(args.envs) != 1 or args.envs[0] not in MUJOCO:
             print(f"error: --ship-from needs exactly one of {list(MUJOCO)} in --envs", file=sys.stderr)
             return 2
-        meta = ship_policies(args.envs[0], args.ship_from)
+        try:
+            meta = ship_policies(args.envs[0], args.ship_from)
+        except PolicyError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         print(json.dumps({k: meta[k] for k in ("env_id", "steps_trained", "medium", "expert")}, indent=1))
         return 0
     for env_name in args.envs:
         if env_name in MUJOCO:
             try:
-                load_policies(env_name)
-            except FileNotFoundError as e:
+                check_policies(env_name)
+            except PolicyError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
         for quality in args.qualities:
