@@ -19,15 +19,12 @@ import make_datasets  # noqa: E402
 PENDULUM_EPISODES = 50  # 10k transitions per quality (medium-expert 20k): ~5 s to build all five
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """One torch thread here and in the subprocesses: the tests' small matmuls gain nothing from more, and
-    oversubscribed threads on a busy 2-core machine made runs many times slower."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# One torch thread in this process and in every subprocess, set before any fixture runs (session and module fixtures
+# train too): the tests' small matmuls gain nothing from more, and two workers with two threads each oversubscribe
+# the 2-core machine, which made runs many times slower.
+ONE_THREAD = dict(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+os.environ.update(ONE_THREAD)
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +45,7 @@ def minari_root(tmp_path_factory) -> Path:
 def run_cli(script: str, *flags: str, minari_root: Path, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run `python <script> <flags>` as a user would, with the test datasets; no GPU."""
     env = dict(os.environ, MINARI_DATASETS_PATH=str(minari_root), CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
+    env.update(ONE_THREAD)
     return subprocess.run(
         [sys.executable, str(ROOT / script), *flags], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT
     )
