@@ -9,8 +9,10 @@ Each cell runs `python algorithms/<algo>.py --dataset-id D --seed S --run-dir DI
 with OMP/MKL threads limited to `--threads` so parallel workers do not oversubscribe the cores. A cell whose
 run directory already holds summary.json is skipped, so an interrupted grid resumes where it stopped; a failed
 cell is reported with its log and does not stop the others. At the end, the results of every finished cell are
-turned into tables (`results.md`, `results.csv`, `runs.csv`) and learning-curve plots (`curves_*.png`, read from
-the TensorBoard event files) in `--out`.
+turned into tables (`results.md`, `results.csv`, `runs.csv`, `diagnostics.md`) and learning-curve plots
+(`curves_*.png`, read from each run's summary.json) in `--out`, and into the preset's report, `README.md` there:
+the grid, the tables, the curves, the diagnostics, then the hand-written `notes.md` beside it verbatim, if any.
+`--report-only` rewrites all of it from the finished cells without running anything.
 
 `--launcher ray` runs each cell as a Ray task (`--ray-address` for an existing cluster, else a local Ray
 instance). On a cluster, the repository, the datasets (MINARI_DATASETS_PATH) and `--out` must be reachable at the
@@ -20,6 +22,7 @@ same paths on every node (a shared filesystem), as for any launcher that runs sc
 import csv
 import json
 import os
+import platform
 import shlex
 import shutil
 import subprocess
@@ -39,7 +42,12 @@ sys.path.insert(0, str(ROOT / "benchmark"))
 import make_datasets  # noqa: E402
 
 ALGORITHMS = ("uni_o4", "off2on", "famo2o")
-OFFLINE_CHECKPOINT = "offline_ensemble.pt"  # what `off2on.py --save-model` writes and `--load-offline` reads
+OFFLINE_CHECKPOINT = "offline.pt"  # what each file's `--save-model` writes after offline and `--load-offline` reads
+# flags renamed in the algorithm files (issue 26): summaries written before keep the old `args` names
+ARG_RENAMES = {
+    "off2on": {"critic_lr": "q_lr", "offline_actor_lr": "offline_policy_lr", "online_actor_lr": "policy_lr"},
+    "uni_o4": {"offline_actor_lr": "pi_lr", "online_actor_lr": "lr_actor", "online_critic_lr": "lr_critic"},
+}
 
 
 @dataclass(frozen=True)
@@ -310,7 +318,27 @@ def run_cell(cmd: list[str], run_dir: str, log_file: str, threads: int) -> tuple
     t0 = time.time()
     with open(log_file, "w") as log:
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+    if os.path.isdir(run_dir):  # where the cell ran (on Ray: the node's), for the report
+        Path(run_dir, "machine.json").write_text(json.dumps(dict(machine_info(), threads=threads), indent=2))
     return code, time.time() - t0
+
+
+def machine_info() -> dict:
+    """The CPU, core count and the versions that change a run's digits (torch, MuJoCo), without importing them."""
+    from importlib import metadata
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = {}
+    for pkg in ("torch", "mujoco"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return dict(cpu=cpu, cores=os.cpu_count(), **versions)
 
 
 def unfinished(cells: list[Cell], out: Path) -> list[Cell]:
@@ -727,6 +755,170 @@ def plot_curves(cells: list[Cell], out: Path) -> list[Path]:
     return paths
 
 
+# ---------------------------------------------------------------------------------------------
+# The preset's report: README.md next to its results
+# ---------------------------------------------------------------------------------------------
+def grid_command(args: Args) -> str:
+    """The runner call that runs (or, with its summaries in place, regenerates) this grid: the flags that shape it."""
+    cmd = ["python", "benchmark/run.py", "--preset", args.preset]
+    if sorted(args.algorithms) != sorted(ALGORITHMS):
+        cmd += ["--algorithms", *args.algorithms]
+    if args.datasets:
+        cmd += ["--datasets", *args.datasets]
+    if args.seeds is not None:
+        cmd += ["--seeds", str(args.seeds)]
+    if args.start_seed != 1:
+        cmd += ["--start-seed", str(args.start_seed)]
+    if args.extra_flags:
+        cmd.append(f"--extra-flags={args.extra_flags}")
+    if args.full:
+        cmd.append("--full")
+    if args.out:
+        cmd += ["--out", args.out]
+    return shlex.join(cmd)
+
+
+def _flag_values(flags: tuple[str, ...]) -> dict[str, object]:
+    """`--x-y 3 --flag --no-other` -> {x_y: '3', flag: True, other: False}; the last of a repeated flag wins."""
+    values, i = {}, 0
+    while i < len(flags):
+        key = flags[i].removeprefix("--").replace("-", "_")
+        if i + 1 < len(flags) and not flags[i + 1].startswith("--"):
+            values[key], i = flags[i + 1], i + 2
+        else:
+            values[key.removeprefix("no_")], i = not key.startswith("no_"), i + 1
+    return values
+
+
+def _same(recorded, flag) -> bool:
+    if isinstance(flag, bool) or isinstance(recorded, bool):
+        return recorded == flag
+    try:
+        return float(recorded) == float(flag)
+    except (TypeError, ValueError):
+        return str(recorded) == str(flag)
+
+
+def recorded_arg(algo: str, args: dict, name: str):
+    """A flag's value in a summary's `args`, also from summaries written before the flag's rename (ARG_RENAMES)."""
+    if name in args:
+        return args[name]
+    return args.get(ARG_RENAMES.get(algo, {}).get(name, name), KeyError)
+
+
+def flag_mismatches(cells: list[Cell], out: Path) -> list[str]:
+    """Finished cells whose recorded args differ from the flags this runner gives them now (a budget changed since)."""
+    lines = []
+    for c in cells:
+        s = _summary(c, out)
+        if s is None or "args" not in s:
+            continue
+        for name, value in _flag_values(c.flags).items():
+            got = recorded_arg(c.algo, s["args"], name)
+            if got is not KeyError and not _same(got, value):
+                lines.append(f"{c.label} {c.dataset} seed {c.seed}: `{name}` ran with {got}, now {value}")
+    return lines
+
+
+def _range(seeds: list[int]) -> str:
+    seeds = sorted(seeds)
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}–{seeds[-1]}"
+
+
+def write_report(cells: list[Cell], args: Args, out: Path, results: str, diagnostics: str, plots: list[Path]) -> str:
+    """README.md in the results directory: the grid (arms, datasets, seeds, flags, the command, where it ran), the
+    tables and claims, the curves, the diagnostics, then `notes.md` verbatim when one is committed beside them (the
+    hand-written analysis; the runner never writes it)."""
+    finished = [c for c in cells if (c.run_dir(out) / "summary.json").exists()]
+    summaries = {c: _summary(c, out) for c in finished}
+    md = [
+        f"# Benchmark report: `{args.preset}`",
+        "",
+        f"Written by `benchmark/run.py` from the runs' `summary.json` files; `{grid_command(args)} --report-only` "
+        "rewrites it without training. Edit `notes.md` (the analysis at the end), not this file.",
+        "",
+    ]
+    notes = out / "notes.md"
+    notes_text = notes.read_text().rstrip() if notes.exists() else None
+    if notes_text:  # its first paragraph up front (what to read the numbers with), the whole of it at the end
+        lead = notes_text.split("\n\n", 1)[0]
+        md += ["From the analysis at the end (`notes.md`):", "", *(f"> {ln}" for ln in lead.splitlines()), ""]
+    md += [
+        "## The grid",
+        "",
+        f"{len(cells)} cells, {len(finished)} finished. Regenerate the grid (finished cells are skipped):",
+        "",
+        "```bash",
+        grid_command(args),
+        "```",
+        "",
+    ]
+    datasets: dict[str, list[int]] = {}
+    for c in cells:
+        datasets.setdefault(c.dataset, [])
+        if c.seed not in datasets[c.dataset]:
+            datasets[c.dataset].append(c.seed)
+    md += ["Datasets: " + "; ".join(f"`{d}` ({_range(s)})" for d, s in datasets.items()) + ".", ""]
+    md += ["| arm | algorithm file | flags (each cell adds `--dataset-id D --seed S --run-dir DIR`) |", "|---|---|---|"]
+    arms: dict[str, Cell] = {}
+    for c in cells:
+        arms.setdefault(c.label, c)
+    for label, c in arms.items():
+        flags = f"`{shlex.join(c.flags)}`" if c.flags else "(the file's defaults)"
+        if c.config:
+            flags = f"named config `paper-<env>-<quality>` of the dataset, then {flags}"
+        if c.load_from:
+            flags += f", then `--load-offline` the `{c.load_from.label}` cell's `{OFFLINE_CHECKPOINT}`"
+        md.append(f"| {label} | `algorithms/{c.algo}.py` | {flags} |")
+    md.append("")
+    if finished:
+        walls = [summaries[c]["wall_time"] / 3600 for c in finished]
+        longest = max(finished, key=lambda c: summaries[c]["wall_time"])
+        md += [
+            f"Wall time: {sum(walls):.1f} hours over the {len(finished)} finished cells (the sum of each cell's "
+            f"`wall_time`), the longest {max(walls) * 60:.0f} min ({longest.label} on `{longest.dataset}`, seed "
+            f"{longest.seed}).",
+            "",
+        ]
+    machines: dict[str, int] = {}
+    for c in finished:
+        path = c.run_dir(out) / "machine.json"
+        if path.exists():
+            m = json.loads(path.read_text())
+            key = (f"{m.get('cpu')}, {m.get('cores')} cores, {m.get('threads')} thread(s) per cell; torch "
+                   f"{m.get('torch')}, MuJoCo {m.get('mujoco')}")  # fmt: skip
+            machines[key] = machines.get(key, 0) + 1
+    devices = sorted({str(summaries[c].get("device")) for c in finished if summaries[c].get("device")})
+    if machines:
+        md += ["Where the cells ran (each run directory's `machine.json`):", ""]
+        md += [f"- {k}: {n} cells" for k, n in machines.items()]
+        md += [f"- cells without a `machine.json`: {len(finished) - sum(machines.values())}", ""]
+    else:
+        md += ["Machine: not recorded in these runs (the runner writes each cell's `machine.json` since issue 26; "
+               "`notes.md` says where they ran).", ""]  # fmt: skip
+    if devices:
+        md += [f"Torch device recorded in the summaries: {', '.join(devices)}.", ""]
+    mismatches = flag_mismatches(cells, out)
+    if mismatches:
+        md += [f"**{len(mismatches)} recorded arguments differ from the flags above** (the budget changed after "
+               "these cells ran; their `summary.json` `args` hold what ran):", ""]  # fmt: skip
+        md += [f"- {m}" for m in mismatches[:20]]
+        md += ([f"- … and {len(mismatches) - 20} more"] if len(mismatches) > 20 else []) + [""]
+    md += ["## Results", "", results.rstrip(), ""]
+    if plots:
+        md += ["## Curves", ""]
+        md += [f"![{p.stem}]({p.name})\n" for p in plots]
+        md.append("The plotted points are in `curves.csv`; the dashed line is the dataset's own score, read from "
+                  "the local build of the machine that drew the plot.")  # fmt: skip
+        md.append("")
+    md += ["## Diagnostics", "", diagnostics.replace("### diagnostics\n\n", "", 1).rstrip(), ""]
+    if notes_text:
+        md += ["## Analysis", "", "Hand-written, from `notes.md` beside this file:", "", notes_text, ""]
+    text = "\n".join(md)
+    (out / "README.md").write_text(text)
+    return text
+
+
 def main(args: Args) -> int:
     bad = [a for a in args.algorithms if a not in ALGORITHMS]
     if bad or (args.seeds is not None and args.seeds < 1) or args.workers < 1 or args.threads < 1:
@@ -758,10 +950,14 @@ def main(args: Args) -> int:
     finished = sum((c.run_dir(out) / "summary.json").exists() for c in cells)
     print(f"{time.time() - t0:.0f} s this call")
     notes = {a: CPU_REDUCTIONS[a] for a in ALGORITHMS if a in args.algorithms} if args.preset == "mujoco-cpu" else None
-    print(write_tables(rows, out, f"{args.preset} ({finished} of {len(cells)} cells finished)", notes))
-    write_diagnostics(cells, out)
-    for p in plot_curves(cells, out):
+    results = write_tables(rows, out, f"{args.preset} ({finished} of {len(cells)} cells finished)", notes)
+    print(results)
+    diagnostics = write_diagnostics(cells, out)
+    plots = plot_curves(cells, out)
+    for p in plots:
         print(f"plot: {p}")
+    write_report(cells, args, out, results, diagnostics, plots)
+    print(f"report: {out / 'README.md'}")
     for cell, log in failures:
         tail = Path(log).read_text().splitlines()[-15:]
         print(

@@ -44,6 +44,14 @@ def test_tiny_grid(minari_root, tmp_path):
         assert float(r["online_best"]) == pytest.approx(summary["online"]["best_score"])
     table = (out / "results.md").read_text()
     assert "| famo2o | o2o/pendulum/medium-replay-v0 | 2 |" in table
+    # the end of a grid run writes the report: the tables, the curves, where each cell ran; no notes.md, no analysis
+    report = (out / "README.md").read_text()
+    assert table.strip() in report and "](curves_o2o_pendulum_medium-replay-v0.png)" in report
+    machine = json.loads(
+        (out / "runs" / "famo2o" / "o2o_pendulum_medium-replay-v0" / "seed1" / "machine.json").read_text()
+    )
+    assert machine["threads"] == 1 and f"{machine['cpu']}, {machine['cores']} cores" in report
+    assert "## Analysis" not in report
     assert (out / "curves_o2o_pendulum_medium-replay-v0.png").exists()
     # the plotted points are the seeds' mean of the evaluations in summary.json, online curves start at step 0
     with open(out / "curves.csv") as f:
@@ -96,7 +104,7 @@ def test_ray_grid_with_a_shared_offline_cell(minari_root, tmp_path):
     offline = summary("off2on[offline]")
     for label in ("off2on[balanced]", "off2on[uniform]", "off2on[online-only]"):
         loaded = summary(label)["args"]["load_offline"]
-        assert loaded.endswith("off2on[offline]/o2o_pendulum_medium-replay-v0/seed1/offline_ensemble.pt")
+        assert loaded.endswith("off2on[offline]/o2o_pendulum_medium-replay-v0/seed1/offline.pt")
         assert float(rows[label]["offline_final"]) == pytest.approx(offline["offline"]["final_score"])
     assert summary("off2on[single-cql]")["args"]["ensemble_size"] == 1  # the arm's flag beats --extra-flags
     assert "| off2on[balanced] | off2on[uniform] | online_final |" in (out / "results.md").read_text()
@@ -325,3 +333,63 @@ def test_curves_of_a_grid_in_progress_draw_only_algorithms_with_results(tmp_path
     assert columns == [1]
     with open(tmp_path / "curves.csv") as f:
         assert {p["label"] for p in csv.DictReader(f)} == {"famo2o"}
+
+
+# ---- the preset's report: benchmark/results/<preset>/README.md ----
+def _finished_cell(cell, out, score, args=None):
+    """A summary.json as the files write it (offline and online evaluations), without running the file."""
+    evaluations = [dict(phase="offline", step=100, normalized_score=score, mean_return=score),
+                   dict(phase="online", step=0, normalized_score=score, mean_return=score),
+                   dict(phase="online", step=100, normalized_score=score + 1, mean_return=score + 1)]  # fmt: skip
+    phases = {
+        p: dict(final_score=score + (p == "online"), best_score=score + (p == "online")) for p in ("offline", "online")
+    }
+    cell.run_dir(out).mkdir(parents=True)
+    summary = dict(args=args or {}, wall_time=60.0, evaluations=evaluations, online_env_steps=100, **phases)
+    (cell.run_dir(out) / "summary.json").write_text(json.dumps(summary))
+
+
+def test_report_holds_the_grid_the_tables_and_the_notes_verbatim(tmp_path):
+    args = run.Args(preset="smoke", algorithms=["famo2o"], seeds=2, out=str(tmp_path), report_only=True)
+    cells = run.build_grid(args)
+    for c in cells:
+        _finished_cell(c, tmp_path, 40.0 + c.seed)
+    notes = "A hand-written analysis: *old data*.\n\n- with a list, `code` and a [link](../x.md)\n"
+    (tmp_path / "notes.md").write_text(notes)
+    assert run.main(args) == 0
+    report = (tmp_path / "README.md").read_text()
+    assert report.startswith("# Benchmark report: `smoke`")
+    assert "> A hand-written analysis: *old data*." in report.split("## The grid")[0]  # its first paragraph up front
+    # the grid: its command, datasets and seeds, each arm's flags
+    assert f"python benchmark/run.py --preset smoke --algorithms famo2o --seeds 2 --out {tmp_path}" in report
+    assert "`o2o/pendulum/medium-replay-v0` (seeds 1–2)" in report
+    assert f"| famo2o | `algorithms/famo2o.py` | `{run.SMOKE_BUDGET['famo2o']}` |" in report
+    # the tables as results.md holds them, the curves by a relative link, the diagnostics, then the notes verbatim
+    results = (tmp_path / "results.md").read_text()
+    assert "| famo2o | o2o/pendulum/medium-replay-v0 | 2 | 41.5 ± 0.5 |" in results and results.strip() in report
+    assert "![curves_o2o_pendulum_medium-replay-v0](curves_o2o_pendulum_medium-replay-v0.png)" in report
+    assert "## Diagnostics" in report
+    assert report.endswith("## Analysis\n\nHand-written, from `notes.md` beside this file:\n\n" + notes)
+    assert "Machine: not recorded" in report  # no machine.json: these cells were not run by the runner
+    assert (tmp_path / "notes.md").read_text() == notes  # the runner never writes notes.md
+
+    (tmp_path / "notes.md").unlink()
+    assert run.main(args) == 0
+    report = (tmp_path / "README.md").read_text()
+    assert results.strip() in report and "## Analysis" not in report and "hand-written" not in report.lower()
+    assert not (tmp_path / "notes.md").exists()
+
+
+def test_report_reads_args_by_their_old_names_and_flags_a_changed_budget(tmp_path):
+    """Summaries written before the issue-26 renames keep `q_lr`, `pi_lr`, ...: the report reads them all the same."""
+    off2on = run.Cell("off2on", "off2on", "d", 1, ("--critic-lr", "3e-4", "--offline-steps", "100", "--no-compile"))
+    uni_o4 = run.Cell("uni_o4", "uni_o4", "d", 1, ("--offline-actor-lr", "1e-4", "--online-critic-lr", "1e-3"))
+    _finished_cell(off2on, tmp_path, 1.0, args=dict(q_lr=3e-4, offline_steps=200, compile=False))
+    _finished_cell(uni_o4, tmp_path, 1.0, args=dict(pi_lr=1e-4, lr_critic=1e-3))
+    assert run.recorded_arg("off2on", {"q_lr": 0.1}, "critic_lr") == 0.1
+    assert run.recorded_arg("famo2o", {"critic_lr": 0.2}, "critic_lr") == 0.2
+    assert run.flag_mismatches([off2on, uni_o4], tmp_path) == ["off2on d seed 1: `offline_steps` ran with 200, now 100"]
+    _finished_cell(run.Cell("uni_o4", "uni_o4", "d", 2, uni_o4.flags), tmp_path, 1.0, args=dict(lr_critic=3e-3))
+    assert run.flag_mismatches([run.Cell("uni_o4", "uni_o4", "d", 2, uni_o4.flags)], tmp_path) == [
+        "uni_o4 d seed 2: `online_critic_lr` ran with 0.003, now 1e-3"
+    ]
