@@ -1,114 +1,38 @@
 """FamO2O (Wang et al., NeurIPS 2023) — single-file PyTorch implementation, on IQL (default) or AWAC.
 
 Paper: Train Once, Get a Family: State-Adaptive Balances for Offline-to-Online Reinforcement Learning,
-       https://arxiv.org/abs/2310.17966
-Official code: https://github.com/LeapLabTHU/FamO2O (JAX; read for facts only; nothing copied)
+https://arxiv.org/abs/2310.17966. Official code: https://github.com/LeapLabTHU/FamO2O (JAX; read, nothing copied)
 
-Two models replace the base algorithm's single improvement/constraint balance:
-- the universal model π_u(a | s, β): a policy conditioned on a 6-d sinusoidal code of the balance coefficient β
-  (the AWR inverse temperature), trained over a range of β, so it is a family of policies;
-- the balance model π_b(β | s): a 1-d SAC-style policy that picks, per state, the β whose universal-model action the
-  target critic values most. Offline, the actor's β is uniform in [β_lo, β_hi]; online, it is sampled from π_b;
-  acting always uses the mode of π_b.
-The critic / value learning of the base algorithm is unchanged.
+Two models replace the base algorithm's single improvement/constraint balance: the universal model π_u(a | s, β), a
+policy conditioned on a sinusoidal code of the balance coefficient β (the AWR inverse temperature) and trained over a
+range of β, a family of policies; and the balance model π_b(β | s), a 1-d SAC-style policy that picks, per state, the
+β whose universal-model action the target critic values most. Offline the actor's β is uniform in [β_lo, β_hi],
+online it is sampled from π_b; acting uses π_b's mode. The base algorithm's critic / value learning is unchanged.
 
-    python algorithms/famo2o.py --dataset-id o2o/pendulum/medium-replay-v0              # IQL base, CPU budgets
-    python algorithms/famo2o.py --base awac                                              # AWAC base
-    python algorithms/famo2o.py --balance fixed --fixed-beta 3                           # ablation: base alone
-    python algorithms/famo2o.py --offline-steps 1000000 --online-steps 1000000           # the paper's budgets
-    python algorithms/famo2o.py paper-hopper-medium-replay --seed 0                      # a paper configuration
-
-Paper configurations: a first word `paper-<env>-<quality>` (hopper, halfcheetah, walker2d × medium, medium-replay,
-medium-expert: the paper's D4RL locomotion rows) sets all of FamO2O+IQL's settings and budgets for that dataset
-(PAPER_CONFIGS, each value with its source; flags still override them; `--help` lists them). The IQL locomotion
-config was never released, so they are the released IQL code's defaults (jax_iql/family_train_finetune.py,
-jax_iql/family_learner.py), identical for every dataset. Where that code and the paper disagree they follow the
-code: `--weight-mode batch_mean` (the file's default stays the paper's per_sample). Not taken from the code: its
-default cosine actor-lr decay (it would freeze the universal model online; the released AntMaze config is constant,
-and so is this file) and its extra evaluations in the last 35k steps of each phase. With `--download` a config's
-local dataset becomes Minari's `mujoco/<env>/medium-v0` where one exists (medium only); otherwise it exits 2.
-
-Logged beyond the project's common tags: `{phase}/eval/beta_mean|beta_std` and the histogram `{phase}/eval/beta` (the
-β the balance model chose in each evaluation), `online/charts/beta*` (the β acted with while collecting), and
-`losses/balance_loss|balance_entropy|alpha|alpha_loss|balance_beta_mean|actor_beta_mean|adv_weight|advantage`.
-summary.json's `beta` holds mean, std, range and a 10-bin histogram over [β_lo, β_hi] of the last of each (kept
-as it was; the time series below are separate).
-
-Balance-model diagnostics, every `--log-freq` gradient steps on that step's batch, as TensorBoard
-`{phase}/diagnostics/*` and as lists with their `step` in summary.json["diagnostics"][phase] (FamO2O.
-balance_diagnostics): the acting β's mean and spread across states (`beta_mean`, `beta_std`), the critic's pull on β
-`dq_dbeta` = mean |d min Q_targ(s, μ_u(s, enc(β)))/dβ|, how much the universal model's action depends on β at all
-`action_spread` = mean |μ_u(s, β_hi) − μ_u(s, β_lo)|, `alpha`, and `q_entropy_ratio` = |dQ/dβ|·(β_hi − β_lo)/(4α),
-roughly where in (−1, 1) the critic can push tanh(u) against the entropy term while it is small: ≪ 1 means β stays
-at the middle of its range. At CPU budgets it is ≪ 1 (the universal model barely depends on β yet and α falls from
-1 by about `--alpha-lr` per step in log α), so β stays ≈ (β_lo + β_hi)/2. To let it move sooner at small budgets,
-start α small or let it fall faster: on o2o/pendulum/medium-replay-v0 (seed 1, 3000 offline steps) the ratio is 0.13
-and β's spread across states 0.14 by default, 0.75 and 0.69 with `--alpha-lr 3e-3`, 4.9 and 0.79 with
-`--init-alpha 0.01` (already 1.5 and 0.48 at step 1000); the normalized scores were ≈ 102 in all three.
+    python algorithms/famo2o.py --dataset-id o2o/pendulum/medium-replay-v0     # IQL base, CPU budgets
+    python algorithms/famo2o.py --base awac --balance fixed                     # ablation: AWAC alone
+    python algorithms/famo2o.py paper-hopper-medium-replay --seed 0             # a paper configuration
 
 Deviations from the paper / official code (and choices where neither says):
-- Step budgets default to CPU size (20k offline gradient steps, 20k online env steps); the paper's 1M + 1M are
-  `--offline-steps 1000000 --online-steps 1000000` (set by every paper configuration). All other defaults are
-  FamO2O+IQL's locomotion ones (jax_iql/family_learner.py defaults: expectile 0.8, β ∈ [1, 5], lr 3e-4 everywhere,
-  batch 256, γ 0.99, τ 0.005, weight clip 100, 2M buffer), except the weight mode (per_sample, see below).
-- Advantage weight: the default `--weight-mode per_sample` is the paper's intent, w_j = min(exp(β_j·A_j), 100).
-  The released IQL code broadcasts a [B] advantage against a [B, 1] β, which trains with the batch-averaged
-  w_j = (1/B)·Σ_i min(exp(β_i·A_j), 100); that is `--weight-mode batch_mean` (what reproduced the paper's AntMaze
-  table). The log-prob is conditioned on the sample's own β_j in both modes.
-  With batch_mean the weight does not depend on the sample's own β_j, so every β regresses onto the same weighted
-  data: the universal model's β-dependence comes only from function approximation, and the balance model has
-  nothing to adapt to (β cannot adapt by construction; a warning is printed when it is combined with adaptive β).
-- Actor learning rate is constant. The unreleased locomotion config would have inherited a cosine decay over all
-  updates (`FamilyLearner`'s default `opt_decay_schedule` in jax_iql/family_learner.py), which reaches 0 exactly when
-  online training starts; the AntMaze config (jax_iql/configs/family_antmaze_finetune_config.py) is constant.
-- Actions are mapped affinely from the env's Box to [-1, 1] (the official code assumes D4RL's [-1, 1] actions);
-  dataset actions are then clipped to ±(1 − 1e-5) as in the official code.
-- Reward preprocessing is `--reward-scale-mode`: `locomotion` (default; r·1000/(max − min episode return of the
-  dataset), the paper's locomotion rule), `goal` (r − 1, the AntMaze rule) or `none`. It is applied at sampling time
-  to offline and online transitions alike. For Pendulum (200-step episodes, r ∈ [-16.3, 0], no terminations) the
-  locomotion rule multiplies rewards by ≈ 0.77 (medium-replay), close to raw; it is the default because it is the
-  rule the paper uses for dense-reward control and keeps the file's defaults unit-free.
-- Evaluation: `--eval-episodes` (10) deterministic episodes every `--eval-freq` steps and at the end of each phase,
-  instead of 100 episodes every 100k steps; the online phase is also evaluated at env step 0 (before any interaction
-  or update: the score fine-tuning starts from) and, with `--early-eval-freq`, every that many env steps during the
-  first `--early-eval-until` env steps. The summary's `offline` entry comes from offline-phase evaluations (the last
-  one at the end of the offline phase) and `online` from online-phase evaluations (step 0 included).
-- GPU: no host synchronisation in the update step (closed-form Gaussian log-densities instead of
-  torch.distributions, whose argument checks sync; minibatch indices drawn on the device; statistics computed only
-  on logging steps, returned as detached tensors and copied to the host there in one transfer); an online step
-  copies one tensor to the host (the action and β) and one to the device (s′, r and the terminal flag).
-- Speed, same numbers: fused Adam, in-place ReLUs, one Polyak call over all parameters, V_new on [s; s′] in one
-  pass. (Concatenating AWAC's three Q_targ passes measured slower on CPU: larger fresh allocations cost more than
-  the calls they save.)
-  `--compile` wraps the update in torch.compile (CUDA graphs on CUDA, mode="reduce-overhead"), with eager's random
-  stream (inductor's fallback_random), so a seed gives the same run as without it.
-- Online terminals: only `terminated` cuts the bootstrap (gymnasium's flags replace the old `TimeLimit.truncated` key).
-- The balance model and the temperature are updated with `loss.backward(inputs=balance params)`: gradients flow
-  through the universal actor's input and the target critic, whose parameters are never touched (same result as
-  JAX's functional update with frozen parameters).
-- Twin Q is one vectorized ensemble (stacked [2, in, out] weights), numerically the same as two networks.
-- Buffer: one array of capacity min(--buffer-size, dataset + online steps), offline data first, online transitions
-  appended, uniform sampling, FIFO overwrite if ever full (as the CQL code; the IQL code never fills its buffer).
-- AWAC base (`--base awac`; the paper reports it but its code was never released). Choices:
-  * critic: twin Q, target y = r + γ·(1 − term)·min Q_targ(s', a'), a' ~ π_u(·| s', enc(β')) with β' the balance model's
-    mode at s' (the β the agent would act with there; the fixed β in the ablation), a' clipped to [-1, 1];
-  * advantage A = min Q_targ(s, a) − min Q_targ(s, ã), ã ~ π_u(·| s, enc(β_j)) clipped to [-1, 1] like a′ (one
-    sample, as rlkit's AWAC, but with the target critic, like the IQL variant and the balance loss; rlkit uses the
-    online Q);
-  * actor: the same weighted regression as IQL with β as inverse temperature (AWAC's exp(A/λ), λ = 1/β), same
-    β range [1, 5], same clip and weight modes; no batch-softmax normalization (rlkit's option), no V network;
-  * the same networks, learning rates and universal/balance models as the IQL variant.
-- `--balance fixed` is the ablation: a single β (`--fixed-beta`; default 3 with IQL, plain IQL's locomotion value,
-  and 1 with AWAC, AWAC's usual λ = 1, e.g. CORL's `awac_lambda`) for training and acting, no balance model or
-  temperature updates; the universal model still receives enc(β), a constant input, which makes it the base
-  algorithm alone.
-- `--capture-video` records one deterministic episode after training (needs the env's rgb_array renderer).
-- Checkpoints (`--save-model`): every model, every Adam state and log α, at the end of the run
-  (`{exp_name}.cleanrl_model`) and at the end of the offline phase (`offline_checkpoint.pt`). `--load-offline PATH`
-  starts the online phase from the latter, as if the offline phase had just ended (the official code carries models
-  and optimiser states across the switch): it refuses, with exit 2, a checkpoint of another env, observation or
-  action size, base, balance, β range, fixed β or width, and warns on another dataset. The random-number stream is
-  not saved, so the online phase after a load is a different sample from the one after training in the same run.
+- CPU-sized budgets (20k offline gradient steps, 20k online env steps; the paper configurations set the paper's
+  1M + 1M). Every other default is FamO2O+IQL's locomotion one but the weight mode.
+- `--weight-mode per_sample` (default) is the paper's w_j = min(exp(β_j·A_j), 100). The released code broadcasts a
+  [B] advantage against a [B, 1] β: w_j = (1/B)·Σ_i min(exp(β_i·A_j), 100) (`batch_mean`, used by the paper
+  configurations; it reproduced the AntMaze table), which does not depend on the sample's own β_j: β cannot adapt.
+- Constant actor lr: the unreleased locomotion config would inherit a cosine decay over all updates, which reaches 0
+  when online training starts; the released AntMaze config is constant.
+- Actions are mapped affinely from the env's Box to [-1, 1], dataset actions clipped to ±(1 − 1e-5) (official code).
+  Rewards: r·1000/(max − min dataset episode return), the paper's dense-reward rule, applied at sampling time.
+- Evaluation: `--eval-episodes` deterministic episodes every `--eval-freq` steps, at the end of each phase and at
+  online step 0 (paper: 100 every 100k). Online, only `terminated` cuts the bootstrap.
+- π_b and α step with `loss.backward(inputs=balance params)`: gradients flow through the universal actor's input and
+  the target critic, whose parameters stay untouched (as JAX's functional update).
+- AWAC base (code never released): y = r + γ·(1 − term)·min Q_targ(s', a'), a' ~ π_u(·| s', enc(β')) at π_b's mode;
+  A = min Q_targ(s, a) − min Q_targ(s, ã), ã ~ π_u(·| s, enc(β_j)), one sample, target critic (rlkit: online Q);
+  a' and ã clipped to [-1, 1]; the actor is IQL's weighted regression (AWAC's exp(A/λ) with β = 1/λ); no V.
+- `--balance fixed` (ablation): one β (`--fixed-beta`; 3 with IQL, 1 with AWAC) and no π_b: the base algorithm alone.
+- `--load-offline` fine-tunes the `offline.pt` of `--save-model` (all models, Adam states and log α, which the
+  official code keeps across the switch) with a new random stream.
 """
 
 import contextlib
@@ -134,103 +58,53 @@ from torch.utils.tensorboard import SummaryWriter
 
 @dataclass
 class Args:
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment"""
-    seed: int = 1
-    """seed of the experiment"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """if toggled, cuda will be used when available (CPU otherwise)"""
-    track: bool = False
-    """if toggled, this experiment will be tracked with Weights and Biases (wandb must be installed)"""
-    wandb_project_name: str = "o2o"
-    """the wandb's project name"""
-    wandb_entity: Optional[str] = None
-    """the entity (team) of wandb's project"""
-    capture_video: bool = False
-    """whether to capture videos of the final evaluation episode (into the run directory's `videos/`)"""
-    save_model: bool = False
-    """whether to save model checkpoints into the run directory: the final agent (`{exp_name}.cleanrl_model`) and,
-    after offline training, the offline phase's end (`offline_checkpoint.pt`, for --load-offline)"""
-    run_dir: Optional[str] = None
-    """where logs, checkpoints and summary.json go (default: runs/{run_name})"""
-    dataset_id: str = "o2o/pendulum/medium-replay-v0"
-    """Minari dataset id: a local one (see `python benchmark/make_datasets.py`) or a remote one with --download"""
-    download: bool = False
-    """fetch the dataset from Minari's remote server when it is not on the local disk"""
-    offline_steps: int = 20_000
-    """number of offline gradient steps (0 skips the offline phase; the paper uses 1_000_000)"""
-    load_offline: Optional[str] = None
-    """path of an `offline_checkpoint.pt` saved with --save-model: skips offline training and fine-tunes the saved
-    models, optimiser states and temperature (--offline-steps is then ignored)"""
-    online_steps: int = 20_000
-    """number of online environment steps, one gradient step each (0 skips the online phase; paper: 1_000_000)"""
-    eval_freq: int = 5_000
-    """evaluate every this many steps (gradient steps offline, environment steps online)"""
-    early_eval_freq: int = 0
-    """online phase: also evaluate every this many env steps during the first `early_eval_until` env steps, to
-    resolve the start-of-fine-tuning dip (0: off)"""
-    early_eval_until: int = 0
-    """online phase: env steps over which `early_eval_freq` applies"""
-    eval_episodes: int = 10
-    """number of deterministic evaluation episodes"""
-    batch_size: int = 256
-    """minibatch size"""
-    # ---- FamO2O ----
-    base: Literal["iql", "awac"] = "iql"
-    """base algorithm: `iql` (twin Q + expectile V + AWR, the released code) or `awac` (paper only, see header)"""
-    balance: Literal["adaptive", "fixed"] = "adaptive"
-    """`adaptive`: FamO2O's balance model picks β per state; `fixed`: one β (`--fixed-beta`), the base alone"""
-    beta_lo: float = 1.0
-    """lower end of the balance coefficient range [β_lo, β_hi] (AWR inverse temperature; AntMaze used [8, 14])"""
-    beta_hi: float = 5.0
-    """upper end of the balance coefficient range"""
-    fixed_beta: Optional[float] = None
-    """the single β of `--balance fixed`; default by base: 3 for IQL (plain IQL's locomotion inverse temperature),
-    1 for AWAC (AWAC's usual λ = 1, i.e. exp(A/λ) with β = 1/λ)"""
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]  # the name of this experiment
+    seed: int = 1  # seed of the experiment
+    torch_deterministic: bool = True  # if toggled, `torch.backends.cudnn.deterministic=True`
+    cuda: bool = True  # if toggled, cuda will be used when available (CPU otherwise)
+    track: bool = False  # if toggled, track with Weights and Biases (wandb must be installed)
+    wandb_project_name: str = "o2o"  # the wandb's project name
+    wandb_entity: Optional[str] = None  # the entity (team) of wandb's project
+    save_model: bool = False  # save the final agent and the offline phase's end (`offline.pt`, for --load-offline)
+    run_dir: Optional[str] = None  # where logs, checkpoints and summary.json go (default: runs/{run_name})
+    dataset_id: str = "o2o/pendulum/medium-replay-v0"  # Minari dataset id: local, or remote with --download
+    download: bool = False  # fetch the dataset from Minari's remote server when it is not on the local disk
+    offline_steps: int = 20_000  # offline gradient steps (paper: 1M; 0 skips the phase)
+    load_offline: Optional[str] = None  # an `offline.pt` saved with --save-model: fine-tune it, skip offline training
+    online_steps: int = 20_000  # online env steps, one gradient step each (paper: 1M; 0 skips the phase)
+    eval_freq: int = 5_000  # evaluate every this many steps (offline gradient steps; online env steps)
+    early_eval_freq: int = 0  # online: also evaluate every this many env steps up to early_eval_until (0: off)
+    early_eval_until: int = 0  # online: env steps over which early_eval_freq applies
+    eval_episodes: int = 10  # number of deterministic evaluation episodes
+    batch_size: int = 256  # minibatch size
+    # ---- FamO2O; defaults: FamO2O+IQL's (jax_iql/family_learner.py), except weight_mode
+    base: Literal["iql", "awac"] = "iql"  # base algorithm: iql (the released code) or awac (paper only)
+    balance: Literal["adaptive", "fixed"] = "adaptive"  # adaptive: π_b picks β per state; fixed: one β, the base alone
+    beta_lo: float = 1.0  # lower end of the range [β_lo, β_hi] of β, the AWR inverse temperature (AntMaze: [8, 14])
+    beta_hi: float = 5.0  # upper end of the β range
+    fixed_beta: Optional[float] = None  # the β of --balance fixed (default: 3 with IQL, 1 with AWAC)
+    # per_sample: min(exp(β_j A_j), 100) (the paper); batch_mean: mean_i min(exp(β_i A_j), 100) (official code), with
+    # which the universal model cannot learn different policies for different β (nothing for π_b to adapt)
     weight_mode: Literal["per_sample", "batch_mean"] = "per_sample"
-    """`per_sample`: min(exp(β_j A_j), 100) (the paper); `batch_mean`: mean_i min(exp(β_i A_j), 100) (official code).
-    With batch_mean a sample's weight does not depend on its own β_j, so the universal model cannot learn different
-    policies for different β and the balance model has nothing to adapt to (a warning is printed with adaptive β)"""
-    weight_clip: float = 100.0
-    """upper clip of the advantage weight"""
-    expectile: float = 0.8
-    """IQL expectile τ_e of the V regression (FamO2O's default; plain IQL locomotion uses 0.7)"""
-    gamma: float = 0.99
-    """discount factor γ"""
-    tau: float = 0.005
-    """Polyak rate of the target twin Q"""
-    actor_lr: float = 3e-4
-    """learning rate of the universal model (constant)"""
-    critic_lr: float = 3e-4
-    """learning rate of the twin Q"""
-    value_lr: float = 3e-4
-    """learning rate of V (IQL)"""
-    balance_lr: float = 3e-4
-    """learning rate of the balance model"""
-    alpha_lr: float = 3e-4
-    """learning rate of the balance model's log-temperature log α"""
-    init_alpha: float = 1.0
-    """initial entropy temperature α of the balance model"""
-    target_entropy: float = -0.5
-    """target entropy of the balance model's 1-d distribution"""
-    hidden_dim: int = 256
-    """width of the two hidden layers of every network"""
-    buffer_size: int = 2_000_000
-    """replay capacity (offline data first, online transitions appended)"""
-    reward_scale_mode: Literal["locomotion", "goal", "none"] = "locomotion"
-    """`locomotion`: r·1000/(max−min dataset episode return); `goal`: r − 1 (AntMaze); `none`: raw rewards"""
-    log_freq: int = 1_000
-    """log losses and the β distribution every this many gradient steps"""
-    compile: bool = False
-    """torch.compile the update step (on CUDA with CUDA graphs, mode="reduce-overhead"); same results within float
-    rounding, a one-off compilation cost at the first updates"""
+    weight_clip: float = 100.0  # upper clip of the advantage weight
+    expectile: float = 0.8  # IQL expectile of the V regression (plain IQL locomotion: 0.7)
+    gamma: float = 0.99  # discount γ
+    tau: float = 0.005  # Polyak rate of the target twin Q
+    actor_lr: float = 3e-4  # learning rate of the universal model (constant)
+    critic_lr: float = 3e-4  # learning rate of the twin Q
+    value_lr: float = 3e-4  # learning rate of V (IQL)
+    balance_lr: float = 3e-4  # learning rate of the balance model
+    alpha_lr: float = 3e-4  # learning rate of the balance model's log-temperature log α
+    init_alpha: float = 1.0  # initial entropy temperature α of the balance model
+    target_entropy: float = -0.5  # target entropy of the balance model's 1-d distribution
+    hidden_dim: int = 256  # width of the two hidden layers of every network
+    buffer_size: int = 2_000_000  # replay capacity (offline data first, online transitions appended)
+    reward_scale_mode: Literal["locomotion", "goal", "none"] = "locomotion"  # r·1000/(max−min return), r − 1, or raw
+    log_freq: int = 1_000  # log losses, β and the balance diagnostics every this many gradient steps
+    compile: bool = False  # torch.compile the update step (CUDA: mode "reduce-overhead", i.e. CUDA graphs)
 
 
-# ----------------------------------------------------------------------------------------------
-# ALGO LOGIC: networks. Every Linear: orthogonal init with gain √2, zero bias (as the official flax code).
-# ----------------------------------------------------------------------------------------------
+# ---- ALGO LOGIC: networks. Every Linear: orthogonal init with gain √2, zero bias (as the official flax code).
 def encode_beta(beta: torch.Tensor, n: float = 10_000.0, d: int = 6) -> torch.Tensor:
     """enc(β): β [...] -> [..., d], interleaved sin/cos of β / n^(2i/d), i = 0..d/2−1 (divisors 1, ≈21.5, ≈464 for
     d = 6). Applied to the mapped β (e.g. in [1, 5]); the network never sees the raw β."""
@@ -239,29 +113,26 @@ def encode_beta(beta: torch.Tensor, n: float = 10_000.0, d: int = 6) -> torch.Te
     return torch.stack([torch.sin(angles), torch.cos(angles)], dim=-1).flatten(-2)
 
 
-def orthogonal_init(module: nn.Module, gain: float = math.sqrt(2)):
-    if isinstance(module, nn.Linear):
-        nn.init.orthogonal_(module.weight, gain)
-        nn.init.zeros_(module.bias)
-
-
-def mlp(in_dim: int, out_dim: int, hidden: int) -> nn.Sequential:
-    # in-place ReLUs: a Linear's backward does not need its output, and one fresh activation less per layer is faster
-    relu = nn.ReLU(inplace=True)
-    net = nn.Sequential(nn.Linear(in_dim, hidden), relu, nn.Linear(hidden, hidden), relu, nn.Linear(hidden, out_dim))
-    net.apply(orthogonal_init)
+def mlp(in_dim: int, out_dim: int, hidden: int, depth: int = 2) -> nn.Sequential:
+    layers = []
+    for i in range(depth):  # in-place ReLUs: a Linear's backward does not need its output
+        layers += [nn.Linear(in_dim if i == 0 else hidden, hidden), nn.ReLU(inplace=True)]
+    net = nn.Sequential(*layers, nn.Linear(hidden, out_dim))
+    for layer in net[::2]:
+        nn.init.orthogonal_(layer.weight, math.sqrt(2))
+        nn.init.zeros_(layer.bias)
     return net
 
 
 class VectorizedLinear(nn.Module):
-    """n independent Linear layers as one batched matmul: x [n, B, in] -> [n, B, out]; weights stacked (n, in, out)."""
+    """n independent linear layers as one batched matmul: x (n, B, in) -> (n, B, out); weight (n, in, out),
+    bias (n, 1, out)."""
 
     def __init__(self, in_features: int, out_features: int, n: int):
         super().__init__()
+        self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(n, in_features, out_features))
         self.bias = nn.Parameter(torch.zeros(n, 1, out_features))
-        for w in self.weight:  # init only, not a hot path
-            nn.init.orthogonal_(w, math.sqrt(2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(self.bias, x, self.weight)
@@ -273,28 +144,28 @@ class TwinQ(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, hidden: int, n: int = 2):
         super().__init__()
         self.n = n
-        self.net = nn.Sequential(
-            VectorizedLinear(obs_dim + act_dim, hidden, n),
-            nn.ReLU(inplace=True),
-            VectorizedLinear(hidden, hidden, n),
-            nn.ReLU(inplace=True),
-            VectorizedLinear(hidden, 1, n),
-        )
+        dims = (obs_dim + act_dim, hidden, hidden, 1)
+        layers = [VectorizedLinear(i, o, n) for i, o in zip(dims[:-1], dims[1:])]
+        for layer in layers:
+            for w in layer.weight:  # each member as mlp's Linear
+                nn.init.orthogonal_(w, math.sqrt(2))
+        relu = nn.ReLU(inplace=True)
+        self.net = nn.Sequential(layers[0], relu, layers[1], relu, layers[2])
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs, act], -1).unsqueeze(0).expand(self.n, -1, -1)
         return self.net(x).squeeze(-1)
 
 
-class ValueNet(nn.Module):
-    """V(s) -> [B] (IQL)."""
+def gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log N(x; μ, exp(log σ)) summed over the last dim, in closed form (torch.distributions validates its
+    arguments, which synchronizes a GPU on every call)."""
+    return (-0.5 * ((x - mu) / log_std.exp()).pow(2) - log_std - 0.5 * math.log(2.0 * math.pi)).sum(-1)
 
-    def __init__(self, obs_dim: int, hidden: int):
-        super().__init__()
-        self.net = mlp(obs_dim, 1, hidden)
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(obs).squeeze(-1)
+def tanh_log_det(u: torch.Tensor) -> torch.Tensor:
+    """log(1 − tanh(u)²) = 2·(log 2 − u − softplus(−2u)), finite for any u (no atanh of z)."""
+    return 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
 
 
 class UniversalActor(nn.Module):
@@ -307,28 +178,15 @@ class UniversalActor(nn.Module):
         self.log_std = nn.Parameter(torch.zeros(act_dim))
 
     def forward(self, obs: torch.Tensor, beta_code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = torch.tanh(self.net(torch.cat([obs, beta_code], -1)))
-        return mean, self.log_std.clamp(-5.0, 2.0).exp().expand_as(mean)
+        """Mean [B, act_dim] and log σ [act_dim]."""
+        return torch.tanh(self.net(torch.cat([obs, beta_code], -1))), self.log_std.clamp(-5.0, 2.0)
 
     def log_prob(self, obs: torch.Tensor, beta_code: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """Diagonal Gaussian log-density in closed form (torch.distributions.Normal validates its arguments,
-        which synchronizes a GPU on every call)."""
-        mean, std = self(obs, beta_code)
-        return gaussian_log_prob((act - mean) / std, std.log()).sum(-1)
+        return gaussian_log_prob(act, *self(obs, beta_code))
 
     def rsample(self, obs: torch.Tensor, beta_code: torch.Tensor) -> torch.Tensor:
-        mean, std = self(obs, beta_code)
-        return mean + std * torch.randn_like(mean)
-
-
-def gaussian_log_prob(eps: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-    """log N(x; μ, σ) from the standardized ε = (x − μ)/σ and log σ, element-wise."""
-    return -0.5 * eps.pow(2) - log_std - 0.5 * math.log(2.0 * math.pi)
-
-
-def tanh_log_det(u: torch.Tensor) -> torch.Tensor:
-    """log(1 − tanh(u)²) = 2·(log 2 − u − softplus(−2u)), finite for any u (no atanh of z)."""
-    return 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
+        mean, log_std = self(obs, beta_code)
+        return mean + log_std.exp() * torch.randn_like(mean)
 
 
 class BalanceModel(nn.Module):
@@ -347,23 +205,18 @@ class BalanceModel(nn.Module):
     def rsample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterized β [B] and log π_b(z | s) [B] of the squashed z (tanh Jacobian included; the affine map
         to β only shifts the log-density by a constant and is left out, as in the official code)."""
-        mu = self.net(obs).squeeze(-1)
-        log_std = self.log_std.clamp(-10.0, 2.0)
-        eps = torch.randn_like(mu)
-        u = mu + log_std.exp() * eps
-        logp = gaussian_log_prob(eps, log_std) - tanh_log_det(u)
-        return self.to_beta(torch.tanh(u)), logp
+        mu, log_std = self.net(obs), self.log_std.clamp(-10.0, 2.0)  # [B, 1], [1]
+        u = mu + log_std.exp() * torch.randn_like(mu)
+        logp = gaussian_log_prob(u, mu, log_std) - tanh_log_det(u).sum(-1)
+        return self.to_beta(torch.tanh(u)).squeeze(-1), logp
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         return self.to_beta(torch.tanh(self.net(obs).squeeze(-1)))
 
 
-# ----------------------------------------------------------------------------------------------
-# ALGO LOGIC: replay buffer. Offline data first, online transitions appended, uniform sampling
-# ----------------------------------------------------------------------------------------------
+# ---- ALGO LOGIC: replay buffer and rewards. Offline data first, online transitions appended, uniform sampling
 class ReplayBuffer:
-    """Transitions on the device; `sample` returns rewards as reward_scale·r + reward_shift (`--reward-scale-mode`,
-    applied at sampling time to offline and online transitions alike)."""
+    """Transitions on the device; `sample` returns rewards as reward_scale·r + reward_shift (`reward_transform`)."""
 
     def __init__(
         self, obs_dim: int, act_dim: int, capacity: int, device: torch.device, reward_scale=1.0, reward_shift=0.0
@@ -399,9 +252,25 @@ class ReplayBuffer:
         return dict(obs=self.obs[idx], act=self.act[idx], rew=rew, next_obs=self.next_obs[idx], term=self.term[idx])
 
 
-# ----------------------------------------------------------------------------------------------
-# ALGO LOGIC: losses and the update step
-# ----------------------------------------------------------------------------------------------
+def reward_transform(data: dict[str, np.ndarray], mode: str) -> tuple[float, float]:
+    """(scale, shift) with r' = scale·r + shift, applied at sampling time to every transition.
+    `locomotion`: 1000 / (max − min episode return) over the dataset (IQL's D4RL rule); `goal`: r − 1."""
+    if mode == "none":
+        return 1.0, 0.0
+    if mode == "goal":
+        return 1.0, -1.0
+    episode_id = np.concatenate([[0], np.cumsum(data["episode_ends"])[:-1]])
+    returns = np.bincount(episode_id, weights=data["rewards"].astype(np.float64))
+    spread = float(returns.max() - returns.min())
+    if spread <= 1e-8:
+        raise DatasetError(
+            "--reward-scale-mode locomotion needs episodes with different returns (max − min episode return is 0); "
+            "use --reward-scale-mode none"
+        )
+    return 1000.0 / spread, 0.0
+
+
+# ---- ALGO LOGIC: losses and the update step
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
     """mean |τ − 1(u < 0)|·u² with u = Q − V: positive errors (V below Q) weigh τ, so V tracks an upper expectile."""
     weight = torch.where(diff > 0, expectile, 1.0 - expectile)
@@ -428,65 +297,51 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float):
     torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
-DEFAULT_FIXED_BETA = dict(iql=3.0, awac=1.0)  # plain IQL's locomotion β = 3; AWAC's λ = 1 (CORL's awac_lambda)
-
-
 def resolve_fixed_beta(args: Args) -> float:
-    """The β of `--balance fixed`: `--fixed-beta`, or the base's default (IQL 3, AWAC 1) when it is not given."""
-    return DEFAULT_FIXED_BETA[args.base] if args.fixed_beta is None else float(args.fixed_beta)
+    """The β of `--balance fixed`: `--fixed-beta`, else plain IQL's locomotion β = 3 or AWAC's λ = 1 (CORL's)."""
+    return dict(iql=3.0, awac=1.0)[args.base] if args.fixed_beta is None else float(args.fixed_beta)
 
 
 class FamO2O:
-    """All models, optimizers and the gradient step. Models read start-of-step parameters unless stated."""
+    """All models, optimizers and the gradient step."""
+
+    STATE = ("actor", "balance", "critic", "critic_target", "value")
+    STATE += tuple(f"{k}_opt" for k in ("actor", "balance", "critic", "value", "alpha"))
 
     def __init__(self, obs_dim: int, act_dim: int, args: Args, device: torch.device):
-        self.args, self.device = args, device
+        self.args, self.device, self.adaptive = args, device, args.balance == "adaptive"
         h = args.hidden_dim
         self.actor = UniversalActor(obs_dim, act_dim, h).to(device)
-        self.q = TwinQ(obs_dim, act_dim, h).to(device)
-        self.q_target = TwinQ(obs_dim, act_dim, h).to(device)
-        self.q_target.load_state_dict(self.q.state_dict())
-        self.q_target.requires_grad_(False)
-        self.value = ValueNet(obs_dim, h).to(device) if args.base == "iql" else None
+        self.critic = TwinQ(obs_dim, act_dim, h).to(device)
+        self.critic_target = TwinQ(obs_dim, act_dim, h).to(device)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
+        self.value = mlp(obs_dim, 1, h).to(device) if args.base == "iql" else None  # V(s) (IQL)
         self.balance = BalanceModel(obs_dim, h, args.beta_lo, args.beta_hi).to(device)
         self.log_alpha = torch.tensor([math.log(args.init_alpha)], device=device, requires_grad=True)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr, fused=True)
-        self.q_opt = torch.optim.Adam(self.q.parameters(), lr=args.critic_lr, fused=True)
-        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=args.value_lr, fused=True) if self.value else None
-        self.balance_opt = torch.optim.Adam(self.balance.parameters(), lr=args.balance_lr, fused=True)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=args.alpha_lr, fused=True)
-        self.adaptive = args.balance == "adaptive"
+        adam = lambda params, lr: torch.optim.Adam(params, lr=lr, fused=True)  # noqa: E731
+        self.actor_opt = adam(self.actor.parameters(), args.actor_lr)
+        self.critic_opt = adam(self.critic.parameters(), args.critic_lr)
+        self.value_opt = adam(self.value.parameters(), args.value_lr) if self.value else None
+        self.balance_opt = adam(self.balance.parameters(), args.balance_lr)
+        self.alpha_opt = adam([self.log_alpha], args.alpha_lr)
         if args.compile:
             # inductor's own random numbers would differ from eager's: keep eager's stream, so a seed gives one run
             torch._inductor.config.fallback_random = True
             self.update = torch.compile(self.update, mode="reduce-overhead" if device.type == "cuda" else None)
 
     def checkpoint(self) -> dict:
-        """Every model, optimiser state and log α: what training needs to carry on exactly (the official code keeps
-        its models and Adam states across the phase switch)."""
-        opts = ("actor_opt", "q_opt", "value_opt", "balance_opt", "alpha_opt")
-        return dict(
-            actor=self.actor.state_dict(),
-            balance=self.balance.state_dict(),
-            q=self.q.state_dict(),
-            q_target=self.q_target.state_dict(),
-            value=self.value.state_dict() if self.value else None,
-            log_alpha=self.log_alpha.detach().cpu(),
-            **{k: getattr(self, k).state_dict() if getattr(self, k) else None for k in opts},
-        )
+        state = {k: getattr(self, k).state_dict() for k in self.STATE if getattr(self, k) is not None}
+        return dict(state, log_alpha=self.log_alpha.detach().cpu())
 
     def load_checkpoint(self, ckpt: dict):
-        """Inverse of `checkpoint` (onto this agent's device)."""
-        for k in ("actor", "balance", "q", "q_target", "value"):
-            if getattr(self, k) is not None:
-                getattr(self, k).load_state_dict(ckpt[k])
-        for k in ("actor_opt", "q_opt", "value_opt", "balance_opt", "alpha_opt"):
+        for k in self.STATE:
             if getattr(self, k) is not None:
                 getattr(self, k).load_state_dict(ckpt[k])
         with torch.no_grad():
             self.log_alpha.copy_(ckpt["log_alpha"])
 
-    # -- β helpers --
+    # -- β helpers and acting --
     def fixed_beta(self, n: int) -> torch.Tensor:
         return torch.full((n,), resolve_fixed_beta(self.args), device=self.device)
 
@@ -497,11 +352,9 @@ class FamO2O:
 
     @torch.no_grad()
     def sample_action(self, obs: torch.Tensor, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """For one observation [1, obs_dim] on the device: the action in [-1, 1] [act_dim] (π_u's mean, or a sample
-        of it, at the acting β) and that β [1], both left on the device."""
+        """For one observation [1, obs_dim]: the action in [-1, 1] (π_u's mean or a sample) and β [1], on the device."""
         beta = self.acting_beta(obs)
-        mean, std = self.actor(obs, encode_beta(beta))
-        a = mean if deterministic else mean + std * torch.randn_like(mean)
+        a = self.actor(obs, encode_beta(beta))[0] if deterministic else self.actor.rsample(obs, encode_beta(beta))
         return a.clamp(-1.0, 1.0)[0], beta
 
     def act(self, obs: np.ndarray, deterministic: bool) -> tuple[np.ndarray, float]:
@@ -511,50 +364,17 @@ class FamO2O:
         return out[:-1], float(out[-1])
 
     def balance_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """SAC-style loss of π_b over its 1-d action β: mean[α·log π_b(z|s) − min Q_targ(s, ã)], with ã the universal
-        actor's reparameterized action at (s, enc(β)). The graph runs through the actor's input and the target Q;
-        the caller restricts backward to the balance parameters."""
+        """SAC-style loss of π_b over its 1-d action β: mean[α·log π_b(z|s) − min Q_targ(s, ã)], ã ~ π_u(·| s, enc(β))
+        reparameterized; the graph runs through the actor's input and the target Q (backward only into π_b)."""
         beta, logp = self.balance.rsample(obs)
         a = self.actor.rsample(obs, encode_beta(beta))
-        q = self.q_target(obs, a).min(0).values
+        q = self.critic_target(obs, a).min(0).values
         alpha = self.log_alpha.exp().detach()
         return (alpha * logp - q).mean(), logp.detach(), beta.detach()
 
-    def balance_diagnostics(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Can the balance model move? Measured at the β the agent acts with (π_b's mode, or the fixed β) on `obs`:
-        - beta_mean, beta_std: mean and spread (std across the states) of that β;
-        - dq_dbeta: mean over states of |d min Q_targ(s, μ_u(s, enc(β))) / dβ|, the critic's pull on β (the signal
-          the balance loss follows; μ_u is the universal model's mean action, whose gradient equals the sample's);
-        - action_spread: mean over states and action dims of |μ_u(s, β_hi) − μ_u(s, β_lo)|, how much the universal
-          model's action depends on β at all (0: every β gives the same action, nothing to choose);
-        - q_entropy_ratio: mean of |dQ/dβ|·(β_hi − β_lo)/(4α). In u (pre-tanh) the balance loss's entropy term pulls
-          towards the middle of the range with 2α·tanh(u) and the critic with dQ/dβ·(β_hi − β_lo)/2·(1 − tanh²u);
-          their balance puts z = tanh(u) ≈ this ratio while it is small, so ≪ 1 means β stays near the middle;
-        - alpha: the entropy temperature α.
-        Logging-step only (not in the hot loop). Returns detached 0-d tensors."""
-        beta = self.acting_beta(obs).clone().requires_grad_(True)
-        with torch.enable_grad():
-            mean, _ = self.actor(obs, encode_beta(beta))
-            q = self.q_target(obs, mean).min(0).values
-            (dq,) = torch.autograd.grad(q.sum(), beta)  # per-state derivative: state i only sees its own β_i
-        with torch.no_grad():
-            ends = [torch.full((len(obs),), b, device=self.device) for b in (self.args.beta_lo, self.args.beta_hi)]
-            lo, hi = (self.actor(obs, encode_beta(b))[0] for b in ends)
-            alpha = self.log_alpha.exp()[0]
-            return dict(
-                beta_mean=beta.detach().mean(),
-                beta_std=beta.detach().std(unbiased=False),
-                dq_dbeta=dq.abs().mean(),
-                action_spread=(hi - lo).abs().mean(),
-                q_entropy_ratio=(dq.abs() * (self.args.beta_hi - self.args.beta_lo) / (4.0 * alpha)).mean(),
-                alpha=alpha,
-            )
-
     def update(self, batch: dict[str, torch.Tensor], online: bool, stats: bool = False) -> dict[str, torch.Tensor]:
-        """One gradient step: V → balance → α → universal actor → Q → Polyak. Returns the losses, and with `stats`
-        (the loop's logging steps) the statistics logged beside them, as detached tensors (no device sync here; the
-        caller converts them when it logs). Random draws come in the same order as they always have (β, a′, ã, the
-        balance sample), so a seed gives the same run."""
+        """One gradient step: V → balance → α → universal actor → Q → Polyak, each from start-of-step inputs. Returns
+        the losses, and with `stats` the statistics logged beside them, as detached tensors (no device sync here)."""
         args, info = self.args, {}
         obs, act, rew, next_obs, term = batch["obs"], batch["act"], batch["rew"], batch["next_obs"], batch["term"]
         batch_size = len(obs)
@@ -566,25 +386,24 @@ class FamO2O:
                 beta = self.balance.rsample(obs)[0]
             else:
                 beta = args.beta_lo + (args.beta_hi - args.beta_lo) * torch.rand(batch_size, device=self.device)
-            q_targ = self.q_target(obs, act).min(0).values  # min(Q1_targ, Q2_targ)(s, a)
+            q_targ = self.critic_target(obs, act).min(0).values  # min(Q1_targ, Q2_targ)(s, a)
             if args.base == "awac":  # next action for the TD target, from start-of-step actor and balance model
                 next_beta = self.acting_beta(next_obs)
                 next_act = self.actor.rsample(next_obs, encode_beta(next_beta)).clamp(-1.0, 1.0)
-                next_v = self.q_target(next_obs, next_act).min(0).values
+                next_v = self.critic_target(next_obs, next_act).min(0).values
                 # ã is clipped to the action box like a′ (and like the actions the agent executes)
                 base_act = self.actor.rsample(obs, encode_beta(beta)).clamp(-1.0, 1.0)
-                baseline = self.q_target(obs, base_act).min(0).values
-                adv = q_targ - baseline
+                adv = q_targ - self.critic_target(obs, base_act).min(0).values
 
         # 1) V by expectile regression (IQL)
         if args.base == "iql":
-            v = self.value(obs)
+            v = self.value(obs).squeeze(-1)
             value_loss = expectile_loss(q_targ - v, args.expectile)
             self.value_opt.zero_grad(set_to_none=True)
             value_loss.backward()
             self.value_opt.step()
             with torch.no_grad():  # V_new feeds both the advantage and the Q target: one pass over [s; s′]
-                v_new, next_v = self.value(torch.cat([obs, next_obs])).split(batch_size)
+                v_new, next_v = self.value(torch.cat([obs, next_obs])).squeeze(-1).split(batch_size)
                 adv = q_targ - v_new
             info["value_loss"] = value_loss.detach()
             if stats:
@@ -603,47 +422,41 @@ class FamO2O:
             self.alpha_opt.step()
             info.update(balance_loss=b_loss.detach(), alpha_loss=alpha_loss.detach())
             if stats:
-                info.update(
-                    balance_entropy=entropy.detach(),
-                    alpha=self.log_alpha.exp().detach(),
-                    balance_beta_mean=b_beta.mean().detach(),
-                )
+                alpha = self.log_alpha.exp().detach()
+                info.update(balance_entropy=entropy.detach(), alpha=alpha, balance_beta_mean=b_beta.mean())
 
         # 4) universal actor: advantage-weighted regression on dataset actions, conditioned on enc(β_j)
         weights = advantage_weights(beta, adv, args.weight_mode, args.weight_clip)
-        log_prob = self.actor.log_prob(obs, encode_beta(beta), act)
-        actor_loss = -(weights * log_prob).mean()
+        actor_loss = -(weights * self.actor.log_prob(obs, encode_beta(beta), act)).mean()
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_opt.step()
 
         # 5) twin Q towards r + γ·(1 − term)·V_new(s') (IQL) or r + γ·(1 − term)·min Q_targ(s', a') (AWAC)
         y = rew + args.gamma * (1 - term) * next_v
-        q = self.q(obs, act)
+        q = self.critic(obs, act)
         q_loss = (q - y.unsqueeze(0)).pow(2).sum(0).mean()
-        self.q_opt.zero_grad(set_to_none=True)
+        self.critic_opt.zero_grad(set_to_none=True)
         q_loss.backward()
-        self.q_opt.step()
+        self.critic_opt.step()
 
         # 6) Polyak
-        soft_update(self.q_target, self.q, args.tau)
+        soft_update(self.critic_target, self.critic, args.tau)
 
         info.update(actor_loss=actor_loss.detach(), qf_loss=q_loss.detach())
         if stats:
             info.update(
                 qf1_values=q[0].mean().detach(),
                 qf2_values=q[1].mean().detach(),
-                advantage=adv.mean().detach(),
-                adv_weight=weights.mean().detach(),
-                actor_beta_mean=beta.mean().detach(),
+                advantage=adv.mean(),
+                adv_weight=weights.mean(),
+                actor_beta_mean=beta.mean(),
                 actor_std=self.actor.log_std.clamp(-5, 2).exp().mean().detach(),
             )
         return info
 
 
-# ----------------------------------------------------------------------------------------------
-# ALGO LOGIC: main. The offline loop (β uniform for the actor), then the online loop (β from π_b)
-# ----------------------------------------------------------------------------------------------
+# ---- ALGO LOGIC: main. The offline loop (β uniform for the actor), then the online loop (β from π_b)
 def main(args: Args) -> dict:
     validate(args)
     args = replace(args, fixed_beta=resolve_fixed_beta(args))  # record the β actually used in summary.json
@@ -653,11 +466,12 @@ def main(args: Args) -> dict:
         eval_env = make_eval_env(dataset)
         r_scale, r_shift = reward_transform(data, args.reward_scale_mode)
         env_id = eval_env.spec.id if eval_env.spec else str(dataset.spec.env_spec)
-        meta = offline_meta(args, env_id, data["observations"].shape[1], data["actions"].shape[1])
+        obs_dim, act_dim = data["observations"].shape[1], data["actions"].shape[1]
+        meta = offline_meta(args, env_id, obs_dim, act_dim)
         ckpt = load_offline_checkpoint(args.load_offline, meta) if args.load_offline else None
     except DatasetError as e:
         fail(str(e))
-    if not isinstance(dataset.action_space, gym.spaces.Box) or not np.all(np.isfinite(dataset.action_space.low)):
+    if not np.all(np.isfinite(dataset.action_space.low)):
         fail("the action space must be a bounded Box")
     run_name = f"{args.dataset_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = args.run_dir or os.path.join("runs", run_name)
@@ -681,7 +495,6 @@ def main(args: Args) -> dict:
     low, high = dataset.action_space.low.astype(np.float32), dataset.action_space.high.astype(np.float32)
     a_center, a_half = (high + low) / 2.0, (high - low) / 2.0
     to_env = lambda a: (a_center + a_half * a).astype(dataset.action_space.dtype)  # noqa: E731
-    obs_dim, act_dim = data["observations"].shape[1], data["actions"].shape[1]
     n_data = len(data["rewards"])
     capacity = max(n_data, min(args.buffer_size, n_data + args.online_steps))
     buffer = ReplayBuffer(obs_dim, act_dim, capacity, device, reward_scale=r_scale, reward_shift=r_shift)
@@ -693,76 +506,31 @@ def main(args: Args) -> dict:
         f" on {args.dataset_id}: {n_data} transitions, reward ×{r_scale:.4g} {r_shift:+g}, device {device}",
         flush=True,
     )
-
-    eval_seed = args.seed * 1_000 + 100_000
     beta_summary: dict = {}  # summary.json's `beta`: the last evaluation of each phase, the last online window
+    diagnostics: dict = {phase: dict(step=[]) for phase in ("offline", "online")}  # summary.json's `diagnostics`
 
     def run_eval(phase: str, step: int):
-        with log.timer("eval"), log.timer(f"{phase}_eval"):
-            stats = BetaStats(args.beta_lo, args.beta_hi)
+        beta_summary[f"{phase}_final_eval"] = eval_policy(args, agent, dataset, eval_env, to_env, log, phase, step)
 
-            def policy(o):
-                a, beta = agent.act(o, deterministic=True)
-                stats.add(beta)
-                return to_env(a)
-
-            returns = evaluate(eval_env, policy, args.eval_episodes, eval_seed)
-            s = log_beta(log, phase, step, stats.flush(), "eval")
-            score = normalized_score(dataset, float(returns.mean()))
-            log.eval(phase, step, returns, score, eval_beta_mean=s["mean"], eval_beta_std=s["std"])
-            beta_summary[f"{phase}_final_eval"] = s
-
-    # balance-model diagnostics on logging steps: TensorBoard `{phase}/diagnostics/*` and summary.json["diagnostics"]
-    diagnostics: dict = {phase: dict(step=[]) for phase in ("offline", "online")}
-
-    def log_update(phase: str, step: int, info: dict, obs: torch.Tensor):
-        values = torch.stack([v.reshape(()) for v in info.values()]).tolist()  # one device -> host copy for all
-        for k, v in zip(info, values):
-            log.scalar(phase, f"losses/{k}", v, step)
-        d = diagnostics[phase]
-        d["step"].append(step)
-        stats = agent.balance_diagnostics(obs)
-        for k, v in zip(stats, torch.stack(list(stats.values())).tolist()):
-            d.setdefault(k, []).append(v)
-            log.scalar(phase, f"diagnostics/{k}", v, step)
-
-    offline_done = 0
     if ckpt is not None:  # --load-offline: the saved offline phase, evaluated as it ended
         agent.load_checkpoint(ckpt)
         offline_done = int(ckpt["offline_steps"])
         print(f"loaded the offline phase from {args.load_offline} ({offline_done} gradient steps); skipping it")
         run_eval("offline", offline_done)
     else:
-        offline_done = offline_loop(args, agent, buffer, log, log_update, run_eval)
+        offline_done = train_offline(args, agent, buffer, log, diagnostics, run_eval)
         if args.save_model and offline_done > 0:
-            path = os.path.join(run_dir, "offline_checkpoint.pt")
+            path = os.path.join(run_dir, "offline.pt")
             torch.save(dict(meta=meta, offline_steps=offline_done, **agent.checkpoint()), path)
             print(f"saved the offline phase to {path} (fine-tune from it with --load-offline {path})")
 
-    online_updates = 0
     if args.online_steps > 0:
-        env = dataset.recover_environment()
-        if not isinstance(env.observation_space, gym.spaces.Box):
-            env = gym.wrappers.FlattenObservation(env)
-        # the policy fine-tuning starts from, on the online curve at env step 0 (before any interaction or update)
-        run_eval("online", 0)
-        acting = online_loop(args, agent, buffer, env, to_env, log, log_update, run_eval)
-        if acting is not None:
-            beta_summary["online_acting_last_window"] = acting
-        online_updates = args.online_steps
-        env.close()
+        run_eval("online", 0)  # the policy fine-tuning starts from, before any interaction or update
+        acting = train_online(args, agent, buffer, dataset, to_env, log, diagnostics, run_eval)
+        beta_summary["online_acting_last_window"] = acting
 
     if args.save_model:
         torch.save(dict(meta=meta, **agent.checkpoint()), os.path.join(run_dir, f"{args.exp_name}.cleanrl_model"))
-    if args.capture_video:
-        try:
-            venv = gym.wrappers.RecordVideo(
-                make_eval_env(dataset, render_mode="rgb_array"), os.path.join(run_dir, "videos"), disable_logger=True
-            )
-            evaluate(venv, lambda o: to_env(agent.act(o, deterministic=True)[0]), 1, eval_seed)
-            venv.close()
-        except Exception as e:  # a missing renderer must not lose the run's results
-            warn(f"video capture failed ({type(e).__name__}: {e})")
     times, offline_trained = log.stage_times, args.offline_steps > 0 and ckpt is None
     summary = log.summary(
         base=args.base,
@@ -772,7 +540,7 @@ def main(args: Args) -> dict:
         offline_gradient_steps=offline_done,
         offline_loaded_from=args.load_offline,
         online_env_steps=args.online_steps,
-        online_gradient_steps=online_updates,
+        online_gradient_steps=args.online_steps,
         throughput=dict(
             offline_grad_steps_per_s=args.offline_steps / times["offline"] if offline_trained else None,
             online_steps_per_s=args.online_steps / times["online"] if args.online_steps else None,
@@ -784,7 +552,7 @@ def main(args: Args) -> dict:
     return summary
 
 
-def offline_loop(args: Args, agent: FamO2O, buffer: ReplayBuffer, log: "RunLogger", log_update, run_eval) -> int:
+def train_offline(args: Args, agent: FamO2O, buffer: ReplayBuffer, log: "RunLogger", diagnostics, run_eval) -> int:
     """`--offline-steps` gradient steps on the dataset, the actor's β uniform in [β_lo, β_hi]. Returns the step
     count. stage_times["offline"] is the loop without its evaluations."""
     start = time.time()
@@ -794,44 +562,36 @@ def offline_loop(args: Args, agent: FamO2O, buffer: ReplayBuffer, log: "RunLogge
             logging = step % args.log_freq == 0
             info = agent.update(batch, online=False, stats=logging)
             if logging:
-                log_update("offline", step, info, batch["obs"])
-                sps = step / (time.time() - start)
-                log.scalar("offline", "charts/SPS", sps, step)
-                if step % (10 * args.log_freq) == 0:
-                    print(
-                        f"[offline] step {step}/{args.offline_steps}: {sps:.0f} grad steps/s, "
-                        f"actor loss {float(info['actor_loss']):.3f}, Q {float(info['qf1_values']):.1f}",
-                        flush=True,
-                    )
+                log_update(log, diagnostics, agent, "offline", step, info, batch["obs"], start)
         if eval_due(step, args.offline_steps, args, online=False):
             run_eval("offline", step)
     return args.offline_steps
 
 
-def online_loop(
-    args: Args, agent: FamO2O, buffer: ReplayBuffer, env: gym.Env, to_env, log: "RunLogger", log_update, run_eval
-) -> Optional[dict]:
+def train_online(
+    args: Args, agent: FamO2O, buffer: ReplayBuffer, dataset, to_env, log: "RunLogger", diagnostics, run_eval
+) -> dict:
     """`--online-steps` env steps, each followed by one gradient step, the actor's β sampled from π_b; transitions
     are appended to the buffer that holds the dataset. Returns the statistics of the β acted with in the last window
     between evaluations. stage_times["online"] is the loop without its evaluations."""
+    env = dataset.recover_environment()
+    if not isinstance(env.observation_space, gym.spaces.Box):
+        env = gym.wrappers.FlattenObservation(env)
     device, start = buffer.device, time.time()
     env.action_space.seed(args.seed)
     obs, _ = env.reset(seed=args.seed)
     obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device).reshape(-1)
-    ep_ret, ep_len, acting, last_window = 0.0, 0, BetaStats(args.beta_lo, args.beta_hi), None
+    ep_ret, ep_len, acting = 0.0, 0, []
     for step in range(1, args.online_steps + 1):
         with log.timer("online"):
             act_t, beta_t = agent.sample_action(obs_t[None], deterministic=False)
             a_beta = torch.cat([act_t, beta_t]).cpu().numpy()  # one device -> host copy per env step
-            acting.add(a_beta[-1:])
+            acting.append(float(a_beta[-1]))
             next_obs, r, terminated, truncated, _ = env.step(to_env(a_beta[:-1]))
-            # s', r and the terminal flag reach the device in one host -> device copy
             row = np.concatenate([np.asarray(next_obs, dtype=np.float32).ravel(), [r, float(terminated)]])
-            row_t = torch.as_tensor(row, dtype=torch.float32, device=device)
-            next_obs_t = row_t[:-2]
-            buffer.add(obs_t, act_t, row_t[-2], next_obs_t, row_t[-1])
-            ep_ret, ep_len = ep_ret + float(r), ep_len + 1
-            obs_t = next_obs_t
+            row_t = torch.as_tensor(row, dtype=torch.float32, device=device)  # s', r, term: one host -> device copy
+            buffer.add(obs_t, act_t, row_t[-2], row_t[:-2], row_t[-1])
+            ep_ret, ep_len, obs_t = ep_ret + float(r), ep_len + 1, row_t[:-2]
             if terminated or truncated:
                 log.scalar("online", "charts/episodic_return", ep_ret, step)
                 log.scalar("online", "charts/episodic_length", ep_len, step)
@@ -842,264 +602,171 @@ def online_loop(
             logging = step % args.log_freq == 0
             info = agent.update(batch, online=True, stats=logging)
             if logging:
-                log_update("online", step, info, batch["obs"])
-                sps = step / (time.time() - start)
-                log.scalar("online", "charts/SPS", sps, step)
-                if step % (10 * args.log_freq) == 0:
-                    print(f"[online] step {step}/{args.online_steps}: {sps:.0f} env+grad steps/s", flush=True)
+                log_update(log, diagnostics, agent, "online", step, info, batch["obs"], start)
         if eval_due(step, args.online_steps, args, online=True):
-            last_window = log_beta(log, "online", step, acting.flush(), "charts") or last_window
+            last_window, acting = log_beta(log, "online", step, acting, "charts", args), []
             run_eval("online", step)
+    env.close()
     return last_window
 
 
-# ----------------------------------------------------------------------------------------------
-# Per-file setup, not algorithm logic: flag checks, paper configurations, reward scale, checkpoints, β records
-# ----------------------------------------------------------------------------------------------
+# ---- Per-file setup, not algorithm logic: flag checks, paper configurations, checkpoint meta, evaluation and logging
 def validate(args: Args):
     """Reject impossible flags before anything is loaded or written (tyro already rejects unknown choices)."""
-    steps = ("offline_steps", "online_steps")
-    counts = ("eval_freq", "eval_episodes", "batch_size", "hidden_dim", "buffer_size", "log_freq")
+    least = dict(offline_steps=0, online_steps=0, eval_freq=1, eval_episodes=1, batch_size=1, hidden_dim=1, log_freq=1)
+    lo, hi = args.beta_lo, args.beta_hi
     check_flags(
         [
-            (
-                not args.beta_lo < args.beta_hi,
-                f"the β range needs --beta-lo < --beta-hi, got [{args.beta_lo}, {args.beta_hi}]",
-            ),
-            (
-                args.beta_lo < 0 or (args.fixed_beta is not None and args.fixed_beta < 0),
-                "β is an inverse temperature: --beta-lo and --fixed-beta must be ≥ 0",
-            ),
-            *((getattr(args, k) < 0, f"--{k.replace('_', '-')} must be ≥ 0") for k in steps),
-            *((getattr(args, k) < 1, f"--{k.replace('_', '-')} must be ≥ 1") for k in counts),
-            (not 0.0 < args.expectile < 1.0, "--expectile must be in (0, 1)"),
-            (
-                not 0.0 <= args.gamma <= 1.0 or not 0.0 < args.tau <= 1.0,
-                "--gamma must be in [0, 1] and --tau in (0, 1]",
-            ),
-            (args.weight_clip <= 0 or args.init_alpha <= 0, "--weight-clip and --init-alpha must be > 0"),
-            (
-                args.early_eval_freq < 0 or args.early_eval_until < 0,
-                "--early-eval-freq and --early-eval-until must be ≥ 0",
-            ),
-            (
-                args.early_eval_freq > 0 and args.early_eval_until == 0,
-                "--early-eval-freq > 0 needs --early-eval-until > 0 (the env steps over which it applies)",
-            ),
+            (not lo < hi, f"the β range needs --beta-lo < --beta-hi, got [{lo}, {hi}]"),
+            (args.early_eval_freq > 0 and args.early_eval_until <= 0, "--early-eval-freq needs --early-eval-until > 0"),
+            *((getattr(args, k) < m, f"--{k.replace('_', '-')} must be ≥ {m}") for k, m in least.items()),
         ]
     )
     if args.weight_mode == "batch_mean" and args.balance == "adaptive":
         warn(
-            "--weight-mode batch_mean makes each sample's advantage weight independent of its own β, so the "
-            "universal model cannot learn β-dependent policies and the adaptive β has nothing to adapt "
-            "(use --weight-mode per_sample to adapt β)"
+            "--weight-mode batch_mean makes each sample's advantage weight independent of its own β, so the universal "
+            "model cannot learn β-dependent policies and the adaptive β has nothing to adapt (use per_sample)"
         )
 
 
-# Paper configurations: `python algorithms/famo2o.py paper-hopper-medium-replay [--flag value ...]`.
-# FamO2O+IQL on the paper's D4RL locomotion datasets (its results table's "IQL+FamO2O" column: hopper, halfcheetah,
-# walker2d × medium, medium-replay, medium-expert, -v2 in D4RL; here our local D4RL-style rebuilds, see
-# benchmark/make_datasets.py). The FamO2O+IQL locomotion config was never released, so every value is what the
-# released IQL code runs with when no config overrides it: the flag defaults of jax_iql/family_train_finetune.py and
-# the constructor defaults of FamilyLearner in jax_iql/family_learner.py (LeapLabTHU/FamO2O). None of them depends
-# on the dataset, so the nine configs differ only in their dataset.
-_FAMO2O_IQL_LOCOMOTION = dict(
-    base="iql",  # the paper's "IQL+FamO2O" rows; IQL is the base of the released code (AWAC's was not released)
-    balance="adaptive",  # FamO2O itself (`fixed` is the ablation)
-    offline_steps=1_000_000,  # family_train_finetune.py: num_pretraining_steps = 1e6
-    online_steps=1_000_000,  # family_train_finetune.py: max_steps = 1e6 env steps, one gradient step each
-    # family_train_finetune.py: eval_interval = 1e5, eval_episodes = 100. Its extra evaluations every 5k steps over
-    # the last 35k of each phase (last_eval_interval, last_eval_start_steps) have no flag here: our choice, each
-    # phase still ends with an evaluation, the score the paper's table reports for the online phase
-    eval_freq=100_000,
-    eval_episodes=100,
-    batch_size=256,  # family_train_finetune.py: batch_size = 256
-    beta_lo=1.0,  # family_learner.py: family_coefficient_range = (1.0, 5.0)
-    beta_hi=5.0,
-    # official code, not the paper: family_actor.py multiplies the [B] advantage by the [B, 1] β, the batch-averaged
-    # weight of the header (the paper's per-sample weight is the file's default, --weight-mode per_sample); with it
-    # the run prints the warning that β cannot adapt
-    weight_mode="batch_mean",
-    weight_clip=100.0,  # family_actor.py: jnp.minimum(exp_a, 100.0)
-    expectile=0.8,  # family_learner.py: expectile = 0.8
-    gamma=0.99,  # family_learner.py: discount = 0.99
-    tau=0.005,  # family_learner.py: tau = 0.005
-    # family_learner.py: actor_lr = 3e-4. Its default opt_decay_schedule="cosine" over max_steps (1e6) counts the
-    # pretraining updates too, so it would reach 0 when the online phase starts and keep the universal model frozen
-    # online. Not released for locomotion: our choice is the constant rate of the released AntMaze config
-    # (jax_iql/configs/family_antmaze_finetune_config.py, opt_decay_schedule = None); this file has no schedule
-    actor_lr=3e-4,
-    critic_lr=3e-4,  # family_learner.py: critic_lr = 3e-4
-    value_lr=3e-4,  # family_learner.py: value_lr = 3e-4
-    balance_lr=3e-4,  # family_learner.py: the balance model's optimiser is optax.adam(actor_lr)
-    alpha_lr=3e-4,  # family_learner.py: hierarchical_temp_lr = 3e-4
-    init_alpha=1.0,  # family_learner.py: hierarchical_init_temperature = 1.0
-    target_entropy=-0.5,  # family_learner.py: target_entropy None -> -1/2
-    hidden_dim=256,  # family_learner.py: hidden_dims = (256, 256)
-    buffer_size=2_000_000,  # family_train_finetune.py: replay_buffer_size = 2e6
-    reward_scale_mode="locomotion",  # family_train_finetune.py: r·1000/(max − min trajectory return) on hopper etc.
-    log_freq=1_000,  # family_train_finetune.py: log_interval = 1000
+# Paper configurations (`python algorithms/famo2o.py paper-hopper-medium-replay [--flag value ...]`): the paper's
+# "IQL+FamO2O" rows on our local D4RL-style rebuilds (benchmark/make_datasets.py). The locomotion config was never
+# released, so every value is the released code's default (LeapLabTHU/FamO2O, jax_iql/), the same for every dataset,
+# except its cosine actor-lr decay (see the header) and its extra evaluations in the last 35k steps of each phase.
+PAPER_CONFIG_IQL = (
+    dict(base="iql", balance="adaptive")  # the paper's IQL+FamO2O (the released code's base)
+    # family_train_finetune.py: num_pretraining_steps, max_steps, eval_interval, eval_episodes, batch_size
+    | dict(offline_steps=1_000_000, online_steps=1_000_000, eval_freq=100_000, eval_episodes=100, batch_size=256)
+    # family_train_finetune.py: replay_buffer_size, log_interval, rewards r·1000/(max − min trajectory return)
+    | dict(buffer_size=2_000_000, log_freq=1_000, reward_scale_mode="locomotion")
+    # family_learner.py: family_coefficient_range, expectile, discount, tau, hierarchical_init_temperature,
+    # target_entropy None -> −1/2, hidden_dims (256, 256)
+    | dict(beta_lo=1.0, beta_hi=5.0, expectile=0.8, gamma=0.99, tau=0.005, init_alpha=1.0, target_entropy=-0.5)
+    # family_learner.py: actor_lr (also the balance model's optax.adam), critic_lr, value_lr, hierarchical_temp_lr
+    | dict(actor_lr=3e-4, critic_lr=3e-4, value_lr=3e-4, balance_lr=3e-4, alpha_lr=3e-4, hidden_dim=256)
+    # family_actor.py: the [B] advantage times the [B, 1] β (the header's batch-averaged weight), min(·, 100.0)
+    | dict(weight_mode="batch_mean", weight_clip=100.0)
 )
 PAPER_CONFIGS: dict[str, dict] = {
-    f"paper-{env}-{quality}": dict(dataset_id=f"o2o/{env}/{quality}-v0", **_FAMO2O_IQL_LOCOMOTION)
+    f"paper-{env}-{quality}": dict(dataset_id=f"o2o/{env}/{quality}-v0", **PAPER_CONFIG_IQL)
     for env in ("hopper", "halfcheetah", "walker2d")
     for quality in ("medium", "medium-replay", "medium-expert")
 }
 
 
-def reward_transform(data: dict[str, np.ndarray], mode: str) -> tuple[float, float]:
-    """(scale, shift) with r' = scale·r + shift, applied at sampling time to every transition.
-    `locomotion`: 1000 / (max − min episode return) over the dataset (IQL's D4RL rule); `goal`: r − 1."""
-    if mode == "none":
-        return 1.0, 0.0
-    if mode == "goal":
-        return 1.0, -1.0
-    episode_id = np.concatenate([[0], np.cumsum(data["episode_ends"])[:-1]])
-    returns = np.bincount(episode_id, weights=data["rewards"].astype(np.float64))
-    spread = float(returns.max() - returns.min())
-    if spread <= 1e-8:
-        raise DatasetError(
-            "--reward-scale-mode locomotion needs episodes with different returns (max − min episode return is 0); "
-            "use --reward-scale-mode none"
-        )
-    return 1000.0 / spread, 0.0
-
-
-OFFLINE_FORMAT = "famo2o-offline-v1"
-# flags the saved models were built or trained with, which a run that loads them must share
-OFFLINE_MATCH = ("env_id", "obs_dim", "act_dim", "base", "balance", "beta_lo", "beta_hi", "fixed_beta", "hidden_dim")
-
-
 def offline_meta(args: Args, env_id: str, obs_dim: int, act_dim: int) -> dict:
-    """What an offline checkpoint records about the run that made it (checked by `load_offline_checkpoint`)."""
-    return dict(
-        format=OFFLINE_FORMAT,
-        env_id=env_id,
-        dataset_id=args.dataset_id,
-        obs_dim=obs_dim,
-        act_dim=act_dim,
-        base=args.base,
-        balance=args.balance,
-        beta_lo=args.beta_lo,
-        beta_hi=args.beta_hi,
-        fixed_beta=resolve_fixed_beta(args) if args.balance == "fixed" else None,
-        hidden_dim=args.hidden_dim,
-    )
-
-
-def load_offline_checkpoint(path: str, expected: dict) -> dict:
-    """Read a checkpoint saved at the end of the offline phase and check that it fits this run; DatasetError (exit 2,
-    before anything is written) on a missing or foreign file or a mismatched flag."""
-    if not os.path.isfile(path):
-        raise DatasetError(f"--load-offline: no such file '{path}'")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        meta = ckpt["meta"]
-        assert meta["format"] == OFFLINE_FORMAT, f"format {meta['format']!r}"
-    except Exception as e:
-        raise DatasetError(
-            f"--load-offline: '{path}' is not a FamO2O offline checkpoint ({type(e).__name__}: {e}); "
-            "save one with --save-model"
-        ) from e
-    for key in OFFLINE_MATCH:
-        if meta.get(key) != expected[key]:
-            raise DatasetError(
-                f"--load-offline: '{path}' was trained with {key}={meta.get(key)!r} but this run has "
-                f"{key}={expected[key]!r} (checkpoint dataset: {meta.get('dataset_id')}); pass matching flags, "
-                "or train the offline phase for this run"
-            )
-    if meta["dataset_id"] != expected["dataset_id"]:
-        warn(f"the offline checkpoint was trained on {meta['dataset_id']}, fine-tuning uses {expected['dataset_id']}")
-    return ckpt
+    """What `offline.pt` records and a run that loads it must share (`load_offline_checkpoint`; dataset: a warning)."""
+    meta = dict(format="famo2o-offline-v2", env_id=env_id, dataset_id=args.dataset_id, obs_dim=obs_dim, act_dim=act_dim)
+    meta.update({k: getattr(args, k) for k in ("base", "balance", "beta_lo", "beta_hi", "hidden_dim")})
+    return dict(meta, fixed_beta=resolve_fixed_beta(args) if args.balance == "fixed" else None)
 
 
 def eval_due(step: int, last: int, args: Args, online: bool) -> bool:
-    """Whether to evaluate after `step` of a phase of `last` steps: every `eval_freq` steps and at the last step; in
-    the online phase also every `early_eval_freq` env steps up to `early_eval_until`. (Online step 0 is evaluated
-    before the loop.)"""
+    """Every `eval_freq` steps, at the `last`, and online every `early_eval_freq` steps up to `early_eval_until`."""
     early = online and args.early_eval_freq > 0 and step <= args.early_eval_until
     return step % args.eval_freq == 0 or step == last or (early and step % args.early_eval_freq == 0)
 
 
-class BetaStats:
-    """Record of the β the agent acts with, logged as mean/std/histogram so the balance model's choices show."""
+def eval_policy(args: Args, agent: FamO2O, dataset, eval_env, to_env, log: "RunLogger", phase: str, step: int) -> dict:
+    """Deterministic episodes at the acting β; logs the return, the score and the β chosen (`{phase}/eval/beta*`)."""
+    with log.timer("eval"), log.timer(f"{phase}_eval"):
+        betas = []
 
-    def __init__(self, lo: float, hi: float, bins: int = 10):
-        self.edges = np.linspace(lo, hi, bins + 1)
-        self.values: list[float] = []
+        def policy(o):
+            a, beta = agent.act(o, deterministic=True)
+            betas.append(beta)
+            return to_env(a)
 
-    def add(self, betas):
-        self.values.extend(np.asarray(betas, dtype=np.float64).ravel().tolist())
+        returns = evaluate(eval_env, policy, args.eval_episodes, args.seed * 1_000 + 100_000)
+        s = log_beta(log, phase, step, betas, "eval", args)
+        score = normalized_score(dataset, float(returns.mean()))
+        log.eval(phase, step, returns, score, eval_beta_mean=s["mean"], eval_beta_std=s["std"])
+        return s
 
-    def flush(self) -> Optional[dict]:
-        if not self.values:
-            return None
-        v = np.array(self.values)
-        self.values = []
-        hist = np.histogram(np.clip(v, self.edges[0], self.edges[-1]), bins=self.edges)[0]
+
+def log_beta(log: "RunLogger", phase: str, step: int, betas: list, prefix: str, args: Args) -> dict:
+    """`{phase}/{prefix}/beta_mean|beta_std` and the histogram `{phase}/{prefix}/beta` of the β acted with (`eval`:
+    in deterministic evaluation; `charts`: while collecting online). Returns summary.json's record of them."""
+    v, edges = np.array(betas), np.linspace(args.beta_lo, args.beta_hi, 11)
+    hist = np.histogram(np.clip(v, edges[0], edges[-1]), bins=edges)[0]
+    s = dict(mean=float(v.mean()), std=float(v.std()), min=float(v.min()), max=float(v.max()))
+    log.scalar(phase, f"{prefix}/beta_mean", s["mean"], step)
+    log.scalar(phase, f"{prefix}/beta_std", s["std"], step)
+    log.writer.add_histogram(f"{phase}/{prefix}/beta", v, step)
+    return dict(s, histogram=hist.tolist(), bin_edges=edges.round(4).tolist())
+
+
+def log_update(log: "RunLogger", diagnostics: dict, agent: FamO2O, phase: str, step: int, info, obs, start: float):
+    """On logging steps: the update's values (`{phase}/losses/*`), the balance diagnostics (`{phase}/diagnostics/*`
+    and summary.json["diagnostics"][phase] with their `step`), the speed; one device -> host copy for each dict."""
+    values = dict(zip(info, torch.stack([v.reshape(()) for v in info.values()]).tolist()))
+    for k, v in values.items():
+        log.scalar(phase, f"losses/{k}", v, step)
+    stats = balance_diagnostics(agent, obs)
+    diagnostics[phase]["step"].append(step)
+    for k, v in zip(stats, torch.stack(list(stats.values())).tolist()):
+        diagnostics[phase].setdefault(k, []).append(v)
+        log.scalar(phase, f"diagnostics/{k}", v, step)
+    sps = step / (time.time() - start)
+    log.scalar(phase, "charts/SPS", sps, step)
+    if step % (10 * agent.args.log_freq) == 0:
+        print(f"[{phase}] step {step}: {sps:.0f} steps/s, actor loss {values['actor_loss']:.3f}", flush=True)
+
+
+def balance_diagnostics(agent: FamO2O, obs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Can β move? At the acting β on `obs`: its mean and spread across states; dq_dbeta = mean |d min Q_targ(s,
+    μ_u(s, enc(β)))/dβ|, the critic's pull on β; action_spread = mean |μ_u(s, β_hi) − μ_u(s, β_lo)|, how much the
+    action depends on β at all; alpha; q_entropy_ratio = |dQ/dβ|·(β_hi − β_lo)/(4α), about where z = tanh(u) settles
+    in (−1, 1) between the critic's pull and the entropy term's 2α·tanh(u) while small (≪ 1: β stays mid-range)."""
+    args = agent.args
+    beta = agent.acting_beta(obs).clone().requires_grad_(True)
+    with torch.enable_grad():
+        q = agent.critic_target(obs, agent.actor(obs, encode_beta(beta))[0]).min(0).values
+        (dq,) = torch.autograd.grad(q.sum(), beta)  # per state: state i only sees its own β_i
+    with torch.no_grad():
+        lo, hi = (agent.actor(obs, encode_beta(torch.full_like(beta, b)))[0] for b in (args.beta_lo, args.beta_hi))
+        alpha = agent.log_alpha.exp()[0]
+        beta = beta.detach()
         return dict(
-            mean=float(v.mean()),
-            std=float(v.std()),
-            min=float(v.min()),
-            max=float(v.max()),
-            histogram=hist.tolist(),
-            bin_edges=self.edges.round(4).tolist(),
-            raw=v,
+            beta_mean=beta.mean(),
+            beta_std=beta.std(unbiased=False),
+            dq_dbeta=dq.abs().mean(),
+            action_spread=(hi - lo).abs().mean(),
+            q_entropy_ratio=(dq.abs() * (args.beta_hi - args.beta_lo) / (4.0 * alpha)).mean(),
+            alpha=alpha,
         )
 
 
-def log_beta(log: "RunLogger", phase: str, step: int, stats: Optional[dict], prefix: str) -> Optional[dict]:
-    """`{phase}/{prefix}/beta_mean|beta_std` scalars and a `{phase}/{prefix}/beta` histogram; `prefix` is `eval`
-    (β chosen in deterministic evaluation) or `charts` (β the agent acted with while collecting online data)."""
-    if stats is None:
-        return None
-    raw = stats.pop("raw")
-    log.scalar(phase, f"{prefix}/beta_mean", stats["mean"], step)
-    log.scalar(phase, f"{prefix}/beta_std", stats["std"], step)
-    log.writer.add_histogram(f"{phase}/{prefix}/beta", raw, step)
-    return stats
-
-
 # ==============================================================================================
-# HARNESS: the same in famo2o.py, off2on.py and uni_o4.py (tests/test_conventions.py checks that it is
-# identical): Minari loading and checks, evaluation, logging, seeding, errors, the command line. Skip it on
-# a first read; the algorithm is above.
+# HARNESS: the same in the three files (tests/test_conventions.py checks it): Minari loading and checks,
+# evaluation, logging, checkpoints, errors, the command line. Skip it on a first read.
 # ==============================================================================================
 class DatasetError(ValueError):
-    """Bad dataset input: the message says what was wrong and what to do."""
+    """Bad input (dataset, checkpoint): the message says what was wrong and what to do; exit 2."""
+
+
+BUILD = "use a local dataset such as o2o/pendulum/medium-v0 (build them with `python benchmark/make_datasets.py`)"
 
 
 def load_minari_dataset(dataset_id: str, download: bool = False) -> minari.MinariDataset:
-    """Load a local Minari dataset, or download it first when `download` is set."""
+    """A local Minari dataset, or a remote one downloaded first with `download`."""
     local = minari.list_local_datasets()
+    if dataset_id not in local and not download:
+        raise DatasetError(
+            f"dataset '{dataset_id}' is not on the local disk ({minari.storage.get_dataset_path()}; local: "
+            f"{', '.join(sorted(local)) or 'none'}); {BUILD}, or pass --download to fetch a remote Minari dataset"
+        )
     if dataset_id not in local:
-        if not download:
-            names = ", ".join(sorted(local)) or "none"
-            raise DatasetError(
-                f"dataset '{dataset_id}' is not on the local disk "
-                f"(MINARI_DATASETS_PATH={os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')}).\n"
-                f"  local datasets: {names}\n"
-                "  build the project's local datasets with `python benchmark/make_datasets.py`, "
-                "or pass --download to fetch a remote Minari dataset."
-            )
-        remote = os.environ.get("MINARI_REMOTE", "hf://farama-minari")
-        host = {"hf": "huggingface.co", "gcp": "storage.googleapis.com"}.get(remote.split("://")[0])
-        try:  # fail fast (huggingface_hub would retry for ~30 s) when there is no network
-            if host:
-                socket.create_connection((host, 443), timeout=5).close()
+        try:  # fail in seconds without a network (huggingface_hub would retry for ~30 s)
+            socket.create_connection(("huggingface.co", 443), timeout=5).close()
         except OSError as e:
-            raise DatasetError(
-                f"cannot download '{dataset_id}': Minari's remote {remote} is unreachable ({host}: {e}).\n"
-                "  on a machine with a network, run again with --download; here, use a local dataset "
-                "such as o2o/pendulum/medium-v0 (build them with `python benchmark/make_datasets.py`)."
-            ) from e
+            raise DatasetError(f"cannot download '{dataset_id}': Minari's remote is unreachable ({e}); {BUILD}") from e
         try:
             minari.download_dataset(dataset_id)
-        except Exception as e:  # no network, unknown remote id, missing minari[hf]
+        except Exception as e:
             raise DatasetError(
-                f"could not download '{dataset_id}' from Minari's remote: {type(e).__name__}: {e}\n"
-                "  check the id with `minari list remote` on a machine with a network, or use a local dataset "
-                "such as o2o/pendulum/medium-v0 (build them with `python benchmark/make_datasets.py`)."
+                f"could not download '{dataset_id}': {type(e).__name__}: {e}; check the id with `minari list remote`, "
+                f"or {BUILD}"
             ) from e
     try:
         dataset = minari.load_dataset(dataset_id)
@@ -1107,14 +774,13 @@ def load_minari_dataset(dataset_id: str, download: bool = False) -> minari.Minar
         return dataset
     except Exception as e:
         raise DatasetError(
-            f"dataset '{dataset_id}' exists but could not be read ({type(e).__name__}: {e}); "
-            f"it may be corrupted: delete it with `minari delete {dataset_id}` and build or download it again."
+            f"dataset '{dataset_id}' could not be read ({type(e).__name__}: {e}); it may be corrupted: "
+            f"`minari delete {dataset_id}`, then build or download it again"
         ) from e
 
 
 def _flatten_obs(space: gym.Space, obs) -> np.ndarray:
-    """Stack an episode's observations as (T, obs_dim); Dict/Tuple of Boxes are flattened in the
-    order gymnasium's FlattenObservation uses, so dataset and environment agree."""
+    """(T, obs_dim); Dict/Tuple of Boxes flattened in gymnasium's FlattenObservation order."""
     if isinstance(space, gym.spaces.Box):
         return np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
     if isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)):
@@ -1124,60 +790,34 @@ def _flatten_obs(space: gym.Space, obs) -> np.ndarray:
 
 
 def check_episode(dataset: minari.MinariDataset, ep, obs: np.ndarray) -> None:
-    """Refuse an episode whose fields disagree, naming the dataset, the episode and the field: N+1 observations and
-    N actions, rewards, terminations and truncations, of the spaces' widths, ended by (only) its last step."""
+    """An episode of N steps has N+1 observations and N actions, rewards, terminations, truncations, of the spaces'
+    widths, and ends at its last step and only there; else DatasetError naming the dataset, episode and field."""
     where = f"dataset '{dataset.spec.dataset_id}', episode {ep.id}"
-    steps = {
-        "observations": len(obs) - 1,
-        "actions": len(ep.actions),
-        "rewards": len(ep.rewards),
-        "terminations": len(ep.terminations),
-        "truncations": len(ep.truncations),
-    }
-    counts = list(steps.values())
-    n = max(counts, key=counts.count)  # the step count most fields agree on
-    for field, k in steps.items():
-        if k != n:
-            have, need = (k + 1, n + 1) if field == "observations" else (k, n)
-            raise DatasetError(
-                f"{where}: '{field}' has {have} rows where the other fields need {need} (an episode of N steps has "
-                "N+1 observations and N actions, rewards, terminations, truncations); rebuild the dataset"
-            )
-    if n == 0:
-        raise DatasetError(f"{where}: the episode has no steps; rebuild the dataset")
-    widths = {
-        "observations": (obs.shape[1:], (gym.spaces.flatdim(dataset.observation_space),)),
-        "actions": (np.shape(ep.actions)[1:], dataset.action_space.shape),
-    }
-    for field, (have, need) in widths.items():
-        if tuple(have) != tuple(need):
-            raise DatasetError(
-                f"{where}: '{field}' rows have shape {tuple(have)}, the dataset's space needs {tuple(need)}; "
-                "rebuild the dataset"
-            )
-    term, trunc = np.asarray(ep.terminations, dtype=bool), np.asarray(ep.truncations, dtype=bool)
-    if not (term[-1] or trunc[-1]):
+    rows = dict(observations=len(obs) - 1, actions=len(ep.actions), rewards=len(ep.rewards))
+    rows.update(terminations=len(ep.terminations), truncations=len(ep.truncations))
+    n = max(rows.values(), key=list(rows.values()).count)  # the step count most fields agree on
+    widths = dict(observations=(obs.shape[1:], (gym.spaces.flatdim(dataset.observation_space),)))
+    widths.update(actions=(np.shape(ep.actions)[1:], dataset.action_space.shape))
+    bad = [k for k in rows if rows[k] != n] + [k for k, (have, need) in widths.items() if tuple(have) != tuple(need)]
+    if bad or n == 0:
         raise DatasetError(
-            f"{where}: its last step is set in neither 'terminations' nor 'truncations', so the episode is cut off "
-            "(a Minari episode ends with one of them); rebuild the dataset"
+            f"{where}: '{(bad + ['observations'])[0]}' does not fit an episode of {n} steps (N+1 observations; N "
+            "actions, rewards, terminations, truncations; the spaces' widths); rebuild the dataset"
         )
+    term, trunc = np.asarray(ep.terminations, dtype=bool), np.asarray(ep.truncations, dtype=bool)
     for field, flags in (("terminations", term), ("truncations", trunc)):
-        early = np.flatnonzero(flags[:-1])
-        if early.size:
-            raise DatasetError(
-                f"{where}: '{field}' ends the episode at step {early[0]} of {n}, before its last step; rebuild the "
-                "dataset"
-            )
+        if flags[:-1].any():
+            raise DatasetError(f"{where}: '{field}' ends the episode before its last step; rebuild the dataset")
+    if not (term[-1] or trunc[-1]):
+        raise DatasetError(f"{where}: its last step is in neither 'terminations' nor 'truncations'; rebuild it")
 
 
 def dataset_to_transitions(dataset: minari.MinariDataset) -> dict[str, np.ndarray]:
-    """(s, a, r, s', terminal) arrays from the episodes: s = obs[:-1], s' = obs[1:]; only terminations
-    cut the bootstrap (truncations do not). `episode_ends` marks each episode's last transition."""
+    """(s, a, r, s', terminal) from the episodes: s = obs[:-1], s' = obs[1:]; only terminations cut the bootstrap
+    (truncations do not). `episode_ends` marks each episode's last transition."""
     if not isinstance(dataset.action_space, gym.spaces.Box):
         raise DatasetError(f"action space {dataset.action_space} is not continuous (Box); these algorithms need Box")
-    parts: dict[str, list] = {
-        k: [] for k in ("observations", "actions", "rewards", "next_observations", "terminals", "episode_ends")
-    }
+    parts = {k: [] for k in ("observations", "actions", "rewards", "next_observations", "terminals", "episode_ends")}
     for ep in dataset.iterate_episodes():
         obs = _flatten_obs(dataset.observation_space, ep.observations)
         check_episode(dataset, ep, obs)
@@ -1187,12 +827,10 @@ def dataset_to_transitions(dataset: minari.MinariDataset) -> dict[str, np.ndarra
         parts["actions"].append(np.asarray(ep.actions, dtype=np.float32).reshape(n, -1))
         parts["rewards"].append(np.asarray(ep.rewards, dtype=np.float32))
         parts["terminals"].append(np.asarray(ep.terminations, dtype=np.float32))
-        ends = np.zeros(n, dtype=bool)
-        ends[-1] = True
-        parts["episode_ends"].append(ends)
+        parts["episode_ends"].append(np.arange(n) == n - 1)
     data = {k: np.concatenate(v) for k, v in parts.items()}
     for k, v in data.items():
-        if v.dtype != bool and not np.isfinite(v).all():
+        if not np.isfinite(v).all():
             raise DatasetError(f"dataset '{dataset.spec.dataset_id}' holds NaN or inf in '{k}'; rebuild or clean it")
     return data
 
@@ -1202,18 +840,14 @@ def make_eval_env(dataset: minari.MinariDataset, **make_kwargs) -> gym.Env:
     try:
         env = dataset.recover_environment(eval_env=True, **make_kwargs)
     except Exception as e:
-        raise DatasetError(
-            f"could not build the environment of '{dataset.spec.dataset_id}': {type(e).__name__}: {e}"
-        ) from e
+        raise DatasetError(f"could not build the environment of '{dataset.spec.dataset_id}': {e}") from e
     if env.observation_space != dataset.observation_space or env.action_space != dataset.action_space:
         raise DatasetError(
-            f"dataset '{dataset.spec.dataset_id}' does not match its environment {env.spec.id if env.spec else env}: "
-            f"observation space {dataset.observation_space} vs {env.observation_space}, "
-            f"action space {dataset.action_space} vs {env.action_space}"
+            f"dataset '{dataset.spec.dataset_id}' does not match its environment: observation space "
+            f"{dataset.observation_space} vs {env.observation_space}, action space {dataset.action_space} vs "
+            f"{env.action_space}"
         )
-    if not isinstance(env.observation_space, gym.spaces.Box):
-        env = gym.wrappers.FlattenObservation(env)
-    return env
+    return env if isinstance(env.observation_space, gym.spaces.Box) else gym.wrappers.FlattenObservation(env)
 
 
 def normalized_score(dataset: minari.MinariDataset, mean_return: float) -> Optional[float]:
@@ -1225,36 +859,31 @@ def normalized_score(dataset: minari.MinariDataset, mean_return: float) -> Optio
 
 
 def evaluate(env: gym.Env, act: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int) -> np.ndarray:
-    """Returns of `episodes` episodes acting with `act` (deterministic), seeded for reproducibility."""
-    returns = []
+    """Returns of `episodes` episodes acting with `act`, env seeds seed, seed + 1, …"""
+    returns = np.zeros(episodes)
     for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
-        done, ret = False, 0.0
+        obs, done = env.reset(seed=seed + i)[0], False
         while not done:
             obs, r, terminated, truncated, _ = env.step(act(obs))
-            ret += float(r)
+            returns[i] += float(r)
             done = terminated or truncated
-        returns.append(ret)
-    return np.array(returns)
+    return returns
 
 
 class RunLogger:
-    """TensorBoard writer, evaluation record and stage clock. Tags are `{phase}/{CleanRL tag}`: `offline/*` curves
-    are indexed by each offline stage's own step counter, `online/*` curves by environment steps."""
+    """TensorBoard (`{phase}/{CleanRL tag}`: offline curves by gradient step, online by env step), the evaluations,
+    stage times (`with log.timer(stage)`) and summary.json."""
 
     def __init__(self, args, run_dir: str):
         self.run_dir, self.args, self.start = run_dir, args, time.time()
         self.writer = SummaryWriter(run_dir)
-        self.writer.add_text(
-            "hyperparameters",
-            "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()),
-        )
+        table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+        self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
         self.evals: list[dict] = []
         self.stage_times: dict[str, float] = {}
 
     @contextlib.contextmanager
     def timer(self, stage: str):
-        """`with log.timer("offline"):` adds the block's wall time to summary.json's `stage_times[stage]`."""
         t = time.time()
         try:
             yield
@@ -1268,55 +897,54 @@ class RunLogger:
         self.scalar(phase, "eval/episodic_return", float(returns.mean()), step)
         if score is not None:
             self.scalar(phase, "eval/normalized_score", score, step)
-        self.evals.append(
-            dict(
-                phase=phase,
-                step=step,
-                mean_return=float(returns.mean()),
-                std_return=float(returns.std()),
-                normalized_score=score,
-                wall_time=time.time() - self.start,
-                **extra,
-            )
+        ev = dict(phase=phase, step=step, mean_return=float(returns.mean()), std_return=float(returns.std()))
+        self.evals.append(dict(ev, normalized_score=score, wall_time=time.time() - self.start, **extra))
+        shown = "".join(
+            f" | {k} {v:.2f}" for k, v in dict(normalized_score=score, **extra).items() if isinstance(v, float)
         )
-        print(
-            f"[{phase}] step {step}: return {returns.mean():.1f} ± {returns.std():.1f}"
-            + (f" | normalized score {score:.1f}" if score is not None else "")
-            + "".join(f" | {k} {v:.2f}" for k, v in extra.items() if isinstance(v, float)),
-            flush=True,
-        )
+        print(f"[{phase}] step {step}: return {returns.mean():.1f} ± {returns.std():.1f}{shown}", flush=True)
 
     def summary(self, **extra) -> dict:
-        """Write summary.json atomically (tmp file + rename) and return it."""
-        out = dict(
-            args=asdict(self.args),
-            seed=self.args.seed,
-            dataset_id=self.args.dataset_id,
-            wall_time=time.time() - self.start,
-            evaluations=self.evals,
-            stage_times=self.stage_times,
-        )
-        out.update(extra)
+        """summary.json, written atomically: args, evaluations, stage times and, per phase, final and best score
+        (normalized ×100 where the dataset has reference scores, else the return; `metric` says which)."""
+        out = dict(args=asdict(self.args), seed=self.args.seed, dataset_id=self.args.dataset_id, **extra)
+        out.update(wall_time=time.time() - self.start, evaluations=self.evals, stage_times=self.stage_times)
         for phase in ("offline", "online"):
             ev = [e for e in self.evals if e["phase"] == phase]
             key = "normalized_score" if ev and ev[-1]["normalized_score"] is not None else "mean_return"
-            out[phase] = (
-                None
-                if not ev
-                else dict(
-                    final_score=ev[-1][key],
-                    best_score=max(e[key] for e in ev),
-                    metric=key,
-                    final_return=ev[-1]["mean_return"],
-                    best_return=max(e["mean_return"] for e in ev),
-                )
-            )
-        tmp = os.path.join(self.run_dir, "summary.json.tmp")
-        with open(tmp, "w") as f:
+            scores, returns = [e[key] for e in ev], [e["mean_return"] for e in ev]
+            out[phase] = dict(metric=key, final_score=scores[-1], best_score=max(scores)) if ev else None
+            if ev:
+                out[phase].update(final_return=returns[-1], best_return=max(returns))
+        with open(os.path.join(self.run_dir, "summary.json.tmp"), "w") as f:
             json.dump(out, f, indent=2)
-        os.replace(tmp, os.path.join(self.run_dir, "summary.json"))
+        os.replace(os.path.join(self.run_dir, "summary.json.tmp"), os.path.join(self.run_dir, "summary.json"))
         self.writer.close()
         return out
+
+
+def load_offline_checkpoint(path: str, meta: dict) -> dict:
+    """A checkpoint saved at the end of the offline phase (`torch.save(dict(meta=meta, ...))`), checked against this
+    run: every key of `meta` must match but `dataset_id` (fine-tuning on other data only warns)."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"--load-offline: no such file '{path}'")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        saved = ckpt["meta"]
+    except Exception as e:
+        raise DatasetError(
+            f"--load-offline: '{path}' is not an offline checkpoint ({type(e).__name__}: {e}); "
+            "save one with --save-model"
+        ) from e
+    for key, want in meta.items():
+        if key != "dataset_id" and saved.get(key) != want:
+            raise DatasetError(
+                f"--load-offline: '{path}' was made with {key}={saved.get(key)!r} but this run has "
+                f"{key}={want!r}; pass matching flags, or train the offline phase"
+            )
+    if saved.get("dataset_id") != meta.get("dataset_id"):
+        warn(f"the offline checkpoint was trained on {saved.get('dataset_id')}, fine-tuning uses {meta['dataset_id']}")
+    return ckpt
 
 
 def seed_everything(seed: int, torch_deterministic: bool):
@@ -1327,7 +955,7 @@ def seed_everything(seed: int, torch_deterministic: bool):
 
 
 def fail(msg: str):
-    """Clear error to stderr and a non-zero exit, before anything is written."""
+    """Clear error to stderr and exit 2, before anything is written."""
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(2)
 
@@ -1343,40 +971,14 @@ def check_flags(checks: list[tuple[bool, str]]):
             fail(msg)
 
 
-def load_offline_checkpoint(path: str, meta: dict) -> dict:
-    """Read a checkpoint saved at the end of the offline phase (`torch.save(dict(meta=meta, ...))`) and check that it
-    fits this run: every key of `meta` must match, except `dataset_id` (fine-tuning on other data only warns).
-    DatasetError (exit 2, before anything is written) on a missing or foreign file or a mismatched flag."""
-    if not os.path.isfile(path):
-        raise DatasetError(f"--load-offline: no such file '{path}'")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        saved = ckpt["meta"]
-    except Exception as e:
-        raise DatasetError(
-            f"--load-offline: '{path}' is not an offline checkpoint ({type(e).__name__}: {e}); "
-            "save one with --save-model"
-        ) from e
-    for key, want in meta.items():
-        if key != "dataset_id" and saved.get(key) != want:
-            raise DatasetError(
-                f"--load-offline: '{path}' was made with {key}={saved.get(key)!r} but this run has {key}={want!r} "
-                f"(checkpoint dataset: {saved.get('dataset_id')}); pass matching flags, or train the offline phase"
-            )
-    if saved.get("dataset_id") != meta.get("dataset_id"):
-        warn(f"the offline checkpoint was trained on {saved.get('dataset_id')}, fine-tuning uses {meta['dataset_id']}")
-    return ckpt
-
-
-# D4RL locomotion -> Minari's remote ids of the same env and quality, where Minari has one (medium-replay and
-# medium-expert have none; Minari's are re-collected on v5 envs, not D4RL's data)
+# D4RL locomotion -> Minari's remote id of the same env and quality (medium only: Minari has no medium-replay or
+# medium-expert, and its data is re-collected on v5 envs, not D4RL's)
 REMOTE_IDS = {f"o2o/{e}/medium-v0": f"mujoco/{e}/medium-v0" for e in ("hopper", "halfcheetah", "walker2d")}
 
 
 def paper_config_cli(argv: Optional[list[str]] = None) -> Args:
-    """`python <file>.py [CONFIG] [--flag value ...]`: an optional first word names one of PAPER_CONFIGS, whose
-    values replace the defaults; flags override both. With --download, a config's local dataset becomes Minari's
-    remote id of the same env and quality (REMOTE_IDS), where there is one."""
+    """`python <file>.py [CONFIG] [--flag value ...]`: a first word naming one of PAPER_CONFIGS replaces the defaults;
+    flags override both. With --download, a config's local dataset becomes Minari's remote id (REMOTE_IDS)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     name = argv.pop(0) if argv and not argv[0].startswith("-") else None
     if name is not None and name not in PAPER_CONFIGS:

@@ -59,6 +59,15 @@ def test_beta_encoding_is_interleaved_sinusoid():
     assert famo2o.encode_beta(torch.tensor([[2.0]])).shape == (1, 1, 6)
 
 
+def test_gaussian_log_prob_and_mlp():
+    x, mu, log_std = torch.randn(5, 3), torch.randn(5, 3), torch.randn(3)
+    expected = torch.distributions.Normal(mu, log_std.exp()).log_prob(x).sum(-1)
+    torch.testing.assert_close(famo2o.gaussian_log_prob(x, mu, log_std), expected)
+    net = famo2o.mlp(4, 2, 8, depth=3)
+    assert [m.out_features for m in net if isinstance(m, torch.nn.Linear)] == [8, 8, 8, 2]
+    assert net(torch.zeros(7, 4)).shape == (7, 2)
+
+
 def test_balance_model_maps_into_range_and_log_prob_is_stable():
     bal = famo2o.BalanceModel(3, 256, beta_lo=1.0, beta_hi=5.0)
     obs = torch.randn(128, 3)
@@ -80,7 +89,8 @@ def test_balance_model_maps_into_range_and_log_prob_is_stable():
 def test_balance_loss_updates_only_balance_but_flows_through_actor_input():
     agent = make_agent()
     obs = random_batch()["obs"]
-    others = {name: (m, snapshot(m)) for name, m in [("actor", agent.actor), ("q", agent.q), ("q_t", agent.q_target)]}
+    nets = [("actor", agent.actor), ("critic", agent.critic), ("critic_target", agent.critic_target)]
+    others = {name: (m, snapshot(m)) for name, m in nets}
     bal_before = snapshot(agent.balance)
 
     loss, _, _ = agent.balance_loss(obs)
@@ -106,7 +116,7 @@ def test_balance_loss_updates_only_balance_but_flows_through_actor_input():
     # a direct check on the input: d loss / d enc(β) is non-zero
     beta, _ = agent.balance.rsample(obs)
     code = famo2o.encode_beta(beta.detach()).requires_grad_(True)
-    q = agent.q_target(obs, agent.actor.rsample(obs, code)).min(0).values
+    q = agent.critic_target(obs, agent.actor.rsample(obs, code)).min(0).values
     (g,) = torch.autograd.grad(-q.mean(), code)
     assert g.abs().sum() > 0
 
@@ -115,17 +125,18 @@ def test_full_update_runs_and_fixed_balance_leaves_balance_model_alone():
     for base in ("iql", "awac"):
         agent = make_agent(base)
         with torch.no_grad():  # move the target away from Q, so that a Polyak step is far larger than rounding
-            for p in agent.q_target.parameters():
+            for p in agent.critic_target.parameters():
                 p.add_(0.1 * torch.randn_like(p))
-        target_before = snapshot(agent.q_target)
+        target_before = snapshot(agent.critic_target)
         info = agent.update(random_batch(), online=True, stats=True)
         assert all(np.isfinite(float(v)) for v in info.values())
         assert "balance_loss" in info and "alpha" in info
         # Polyak: target ← target + τ·(Q_after − target), with Q after this step's critic update
         tau = agent.args.tau
-        for before, q_after, after in zip(target_before, agent.q.parameters(), agent.q_target.parameters()):
+        for before, q_after, after in zip(target_before, agent.critic.parameters(), agent.critic_target.parameters()):
             torch.testing.assert_close(after, torch.lerp(before, q_after.detach(), tau), rtol=0, atol=1e-6)
-        assert not unchanged(agent.q_target, target_before) and not unchanged(agent.q_target, snapshot(agent.q))
+        assert not unchanged(agent.critic_target, target_before)
+        assert not unchanged(agent.critic_target, snapshot(agent.critic))
     agent = make_agent("iql", balance="fixed")
     bal_before, alpha_before = snapshot(agent.balance), agent.log_alpha.item()
     info = agent.update(random_batch(), online=True, stats=True)
@@ -149,7 +160,7 @@ def test_awac_evaluates_the_critic_only_on_actions_in_the_box():
     with torch.no_grad():
         agent.actor.log_std.fill_(2.0)
     seen: list[torch.Tensor] = []
-    agent.q_target.register_forward_pre_hook(lambda m, inp: seen.append(inp[1].detach().clone()))
+    agent.critic_target.register_forward_pre_hook(lambda m, inp: seen.append(inp[1].detach().clone()))
     agent.update(random_batch(), online=False)
     assert len(seen) == 3  # Q_targ(s, a), Q_targ(s', a′), Q_targ(s, ã)
     assert all(a.abs().max() <= 1.0 for a in seen)
@@ -166,9 +177,9 @@ def test_batch_mean_weight_warns_with_adaptive_beta(capsys):
 def test_balance_diagnostics_match_hand_computation():
     agent = make_agent()
     obs = random_batch()["obs"]
-    d = agent.balance_diagnostics(obs)
+    d = famo2o.balance_diagnostics(agent, obs)
     assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in d.values())
-    for m in (agent.actor, agent.balance, agent.q, agent.q_target):
+    for m in (agent.actor, agent.balance, agent.critic, agent.critic_target):
         assert all(p.grad is None for p in m.parameters()), "diagnostics must not leave gradients behind"
     beta = agent.balance.mode(obs)
     assert float(d["beta_mean"]) == pytest.approx(float(beta.mean()))
@@ -176,7 +187,7 @@ def test_balance_diagnostics_match_hand_computation():
 
     def q_at(b: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return agent.q_target(obs, agent.actor(obs, famo2o.encode_beta(b))[0]).min(0).values
+            return agent.critic_target(obs, agent.actor(obs, famo2o.encode_beta(b))[0]).min(0).values
 
     h = 1e-2  # central finite difference of min Q_targ(s, μ_u(s, enc(β))) in β, per state
     fd = ((q_at(beta + h) - q_at(beta - h)) / (2 * h)).abs().mean()
@@ -188,7 +199,7 @@ def test_balance_diagnostics_match_hand_computation():
     # α = 1 and β ∈ [1, 5]: |dQ/dβ|·(5 − 1)/(4α) is |dQ/dβ| itself
     assert float(d["alpha"]) == pytest.approx(1.0)
     assert float(d["q_entropy_ratio"]) == pytest.approx(float(d["dq_dbeta"]))
-    d = make_agent(balance="fixed").balance_diagnostics(obs)
+    d = famo2o.balance_diagnostics(make_agent(balance="fixed"), obs)
     assert float(d["beta_mean"]) == pytest.approx(3.0) and float(d["beta_std"]) == 0.0
 
 
@@ -329,11 +340,11 @@ def test_update_matches_recorded_values(case):
     assert sorted(infos[0]) == sorted(rec["updates"]), "the update returns other statistics than recorded"
     for key, values in rec["updates"].items():
         assert [float(info[key]) for info in infos] == pytest.approx(values, **approx), key
-    models = (agent.actor, agent.q, agent.q_target, agent.balance, agent.value)
+    models = (agent.actor, agent.critic, agent.critic_target, agent.balance, agent.value)
     param_sum = sum(p.detach().sum() for m in models if m is not None for p in m.parameters())
     assert float(param_sum) == pytest.approx(rec["param_sum"], **approx)
     assert float(agent.log_alpha) == pytest.approx(rec["log_alpha"], **approx)
-    diagnostics = {k: float(v) for k, v in agent.balance_diagnostics(batch["obs"]).items()}
+    diagnostics = {k: float(v) for k, v in famo2o.balance_diagnostics(agent, batch["obs"]).items()}
     assert diagnostics == pytest.approx(rec["diagnostics"], **approx)
 
 
@@ -620,8 +631,9 @@ def test_fixed_beta_ablation_and_batch_mean_weight_run(minari_root, tmp_path):
     [
         (dict(beta_lo=5.0, beta_hi=5.0), "--beta-lo < --beta-hi"),
         (dict(beta_lo=6.0, beta_hi=2.0), "--beta-lo < --beta-hi"),
-        (dict(early_eval_freq=-1), "--early-eval-freq and --early-eval-until must be ≥ 0"),
-        (dict(early_eval_freq=5), "--early-eval-freq > 0 needs --early-eval-until > 0"),
+        (dict(early_eval_freq=5), "--early-eval-freq needs --early-eval-until > 0"),
+        (dict(log_freq=0), "--log-freq must be ≥ 1"),
+        (dict(online_steps=-1), "--online-steps must be ≥ 0"),
         (dict(dataset_id="o2o/pendulum/nonexistent-v0"), "is not on the local disk"),
     ],
 )
@@ -718,7 +730,7 @@ def test_saved_models_reproduce_the_policy_and_load_offline_skips_training(minar
     offline_end = [e for e in saved["evaluations"] if e["phase"] == "offline"][-1]
     assert offline_end["step"] == 30
     # the final model and the offline phase's checkpoint each replay their evaluation exactly
-    final_model, offline_ckpt = tmp_path / "save" / "famo2o.cleanrl_model", tmp_path / "save" / "offline_checkpoint.pt"
+    final_model, offline_ckpt = tmp_path / "save" / "famo2o.cleanrl_model", tmp_path / "save" / "offline.pt"
     assert replay_saved_policy(final_model, saved) == saved["evaluations"][-1]["mean_return"]
     assert replay_saved_policy(offline_ckpt, saved) == offline_end["mean_return"]
     assert offline_end["mean_return"] != saved["evaluations"][-1]["mean_return"]  # two different policies
@@ -736,12 +748,14 @@ def test_saved_models_reproduce_the_policy_and_load_offline_skips_training(minar
 
     # a checkpoint that does not fit the run: exit 2 before anything is written
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    torch.save(dict(meta=dict(format="famo2o-offline-v1")), tmp_path / "old.pt")  # before the critic was renamed
     for path, overrides, message in [
-        (offline_ckpt, dict(base="awac"), "was trained with base='iql' but this run has base='awac'"),
+        (offline_ckpt, dict(base="awac"), "was made with base='iql' but this run has base='awac'"),
         (offline_ckpt, dict(hidden_dim=64), "hidden_dim=256"),
         (offline_ckpt, dict(beta_hi=6.0), "beta_hi=5.0"),
         (tmp_path / "missing.pt", {}, "no such file"),
-        (tmp_path / "junk.pt", {}, "is not a FamO2O offline checkpoint"),
+        (tmp_path / "junk.pt", {}, "is not an offline checkpoint"),
+        (tmp_path / "old.pt", {}, "was made with format='famo2o-offline-v1'"),
     ]:
         run_dir = tmp_path / "bad"
         with pytest.raises(SystemExit) as exc:

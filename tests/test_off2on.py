@@ -266,7 +266,7 @@ REC_OBS, REC_ACT, REC_HIDDEN, REC_BATCH, REC_N = 3, 2, 16, 8, 2
 
 
 def _recorded_args(**flags) -> o.Args:
-    lrs = dict(q_lr=3e-3, offline_policy_lr=3e-3, policy_lr=3e-3, weight_net_lr=3e-3)
+    lrs = dict(critic_lr=3e-3, offline_actor_lr=3e-3, online_actor_lr=3e-3, weight_net_lr=3e-3)
     return o.Args(ensemble_size=REC_N, hidden_dim=REC_HIDDEN, batch_size=REC_BATCH, cql_n_actions=3,
                   weight_net_batch_size=REC_BATCH, **lrs, **flags)  # fmt: skip
 
@@ -636,7 +636,7 @@ def test_offline_checkpoint_save_load_and_mismatch(minari_root, tmp_path):
             "--cql-n-actions", "1"]  # fmt: skip
     saved = run_algo(SCRIPT, *tiny, "--ensemble-size", "2", "--offline-steps", "3", "--online-steps", "0",
                      "--save-model", minari_root=minari_root, run_dir=tmp_path / "save")  # fmt: skip
-    ckpt_path = tmp_path / "save" / "offline_ensemble.pt"
+    ckpt_path = tmp_path / "save" / "offline.pt"
     assert ckpt_path.exists() and saved["offline_gradient_steps"] == 3
     # reuse: no offline training, the offline entry is the loaded ensemble's evaluation, online runs from it
     loaded = run_algo(SCRIPT, *tiny, "--ensemble-size", "2", "--load-offline", str(ckpt_path), "--online-steps", "20",
@@ -660,7 +660,7 @@ def test_offline_checkpoint_save_load_and_mismatch(minari_root, tmp_path):
     # not a checkpoint at all
     (tmp_path / "junk.pt").write_text("junk")
     proc = run_cli(SCRIPT, *tiny, "--load-offline", str(tmp_path / "junk.pt"), minari_root=minari_root)
-    assert proc.returncode == 2 and "not an off2on offline checkpoint" in proc.stderr
+    assert proc.returncode == 2 and "not an offline checkpoint" in proc.stderr
     json.loads((tmp_path / "load" / "summary.json").read_text())
 
 
@@ -673,14 +673,14 @@ def test_online_targets_start_as_copies_of_the_critics(minari_root, tmp_path):
             "--cql-n-actions", "1", "--ensemble-size", "2", "--online-steps", "10", "--epoch-env-steps", "10",
             "--epoch-grad-steps", "0", "--save-model"]  # fmt: skip
     run_algo(SCRIPT, *tiny, "--offline-steps", "5", minari_root=minari_root, run_dir=tmp_path / "save")
-    offline = torch.load(tmp_path / "save" / "offline_ensemble.pt", weights_only=True)
+    offline = torch.load(tmp_path / "save" / "offline.pt", weights_only=True)
     lagged = offline["critic_target"]["net.last.weight"]
     assert not torch.equal(lagged, offline["critic"]["net.last.weight"])  # offline Polyak targets lag the critics
     final = torch.load(tmp_path / "save" / "off2on.pt", weights_only=True)
     for k, v in final["critic"].items():
         assert torch.equal(final["critic_target"][k], v), k
     for replay in ("balanced", "uniform", "online-only"):
-        run_algo(SCRIPT, *tiny, "--load-offline", str(tmp_path / "save" / "offline_ensemble.pt"), "--replay", replay,
+        run_algo(SCRIPT, *tiny, "--load-offline", str(tmp_path / "save" / "offline.pt"), "--replay", replay,
                  minari_root=minari_root, run_dir=tmp_path / replay)  # fmt: skip
         final = torch.load(tmp_path / replay / "off2on.pt", weights_only=True)
         for k, v in offline["critic"].items():
@@ -828,7 +828,7 @@ def test_paper_config_runs_end_to_end(tiny_mujoco_root, tmp_path):
 LEARN_FLAGS = ["--ensemble-size", "2", "--batch-size", "64", "--cql-n-actions", "2", "--eval-freq", "1000",
                "--eval-episodes", "5"]  # fmt: skip
 LEARN = [*LEARN_FLAGS, "--seed", "2"]
-NO_LEARNING = ["--q-lr", "0", "--offline-policy-lr", "0", "--policy-lr", "0", "--weight-net-lr", "0"]
+NO_LEARNING = ["--critic-lr", "0", "--offline-actor-lr", "0", "--online-actor-lr", "0", "--weight-net-lr", "0"]
 
 # Offline: pendulum medium-replay (behaviour improving from random to medium; data 28.7), 5000 CQL steps. Behaviour
 # cloning cannot pass this threshold: BC with the same data, steps, minibatch and evaluation (behaviour_cloning_score,
