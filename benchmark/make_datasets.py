@@ -259,10 +259,11 @@ D4RL_MEDIUM_DATA = {"hopper": 44.3, "halfcheetah": 40.7, "walker2d": 62.1}
 
 
 def ship_policies(env_name: str, train_dir: str, max_replay: int = 16) -> dict:
-    """From a benchmark/sac.py run: expert = the best deterministic evaluation; medium = the checkpoint before it whose
-    stochastic return (what a dataset scores) is nearest D4RL's medium data score (the 3 nearest by the run's own
-    evaluation, re-measured on 10 episodes); the medium-replay sequence = every checkpoint before medium, thinned to
-    at most `max_replay` evenly spaced ones. Copied into POLICY_DIR/<env>/ with policies.json, atomically."""
+    """From a benchmark/sac.py run: expert = the best deterministic evaluation; medium = the checkpoint whose
+    stochastic return (what a dataset scores) is nearest D4RL's medium data score, among those up to the first that
+    reaches it (so a longer run keeps its medium: D4RL's medium policy was stopped early too; the 3 nearest by the
+    run's own evaluation are re-measured on 10 episodes); the medium-replay sequence = every checkpoint before medium,
+    thinned to at most `max_replay` evenly spaced ones. Copied into POLICY_DIR/<env>/ with policies.json, atomically."""
     import sac
 
     index = os.path.join(train_dir, "checkpoints.json")
@@ -281,11 +282,11 @@ def ship_policies(env_name: str, train_dir: str, max_replay: int = 16) -> dict:
         actors[c["file"]] = load_actor_checked(os.path.join(train_dir, c["file"]))
     best = max(range(len(ckpts)), key=lambda i: ckpts[i]["eval_return"])
     target = lo + D4RL_MEDIUM_DATA[env_name] / 100 * (hi - lo)
-    trained = [i for i in range(best) if ckpts[i]["step"] > args["learning_starts"]]
+    trained = [i for i in range(len(ckpts)) if ckpts[i]["step"] > args["learning_starts"]]
+    reached = [i for i in trained if ckpts[i]["eval_return_stochastic"] >= target]
+    trained = [i for i in trained if not reached or i <= reached[0]]
     if not trained:
-        raise PolicyError(
-            f"--ship-from: '{index}' has no checkpoint between learning starts and its best; train longer"
-        )
+        raise PolicyError(f"--ship-from: '{index}' has no checkpoint after learning starts; train longer")
     candidates = sorted(trained, key=lambda i: abs(ckpts[i]["eval_return_stochastic"] - target))[:3]
     remeasured = {
         i: sac.evaluate(actors[ckpts[i]["file"]], env_id, 10, seed=20_000, device="cpu", stochastic=True)
@@ -322,6 +323,7 @@ def ship_policies(env_name: str, train_dir: str, max_replay: int = 16) -> dict:
         )
         with open(os.path.join(tmp, "policies.json"), "w") as f:
             json.dump(meta, f, indent=1)
+        os.chmod(tmp, 0o755)  # mkdtemp's folder is private
         if os.path.exists(out):
             os.replace(out, tmp + ".old")
         os.replace(tmp, out)

@@ -76,6 +76,14 @@ def test_ship_picks_expert_best_and_medium_nearest_d4rls_medium_data(tmp_path, m
     assert "--seed 1 --total-timesteps 7000 --checkpoint-freq 1000" in meta["command"]
 
 
+def test_medium_is_the_first_checkpoint_at_d4rls_medium_level(tmp_path, monkeypatch):
+    """A longer run keeps its medium: a later checkpoint that dips back to the medium level is not a candidate."""
+    returns = [10, 300, 1500, 1600, 2500, 3000]
+    stochastic = [5, 300, 1900, 1000, 1430, 2900]  # 1430 (step 5000) is nearest 1422, but 1900 reached it first
+    meta = _ship(tmp_path, monkeypatch, returns, stochastic)
+    assert meta["medium"]["step"] == 3000 and meta["expert"]["step"] == 6000
+
+
 def test_ship_thins_the_replay_sequence_evenly(tmp_path, monkeypatch):
     returns = list(range(100, 2100, 100))  # 20 checkpoints, best last
     stochastic = [r - 50 for r in returns]

@@ -28,7 +28,8 @@ def test_every_shipped_checkpoint_loads(env_name):
     meta = _policies(env_name)
     env_id = make_datasets.MUJOCO[env_name][0]
     assert meta["env_id"] == env_id
-    assert meta["medium"]["step"] < meta["expert"]["step"] <= meta["steps_trained"]
+    assert meta["medium"]["step"] <= meta["steps_trained"] and meta["expert"]["step"] <= meta["steps_trained"]
+    assert meta["expert"]["eval_return"] > meta["medium"]["eval_return"]
     steps = [c["step"] for c in meta["replay_sequence"]]  # training order, from learning starts up to medium
     assert steps == sorted(steps) and meta["learning_starts"] <= steps[0] and steps[-1] < meta["medium"]["step"]
     files = {c["file"] for c in meta["replay_sequence"]} | {meta["medium"]["file"], meta["expert"]["file"]}
