@@ -200,14 +200,11 @@ def replay_plan(meta: dict, total: int) -> list[tuple[Optional[str], int]]:
     """D4RL's medium-replay is the replay buffer of the SAC run up to its medium policy. Here each shipped checkpoint
     of `replay_sequence` stands for the env steps from its own step to the next one's (the first: from learning
     starts; the last: to the medium step), uniform random actions (None) for the learning-starts steps, and each gets
-    its share of `total` transitions (largest remainder), in training order."""
+    its share of `total` transitions, in training order."""
     seq, learning_starts, medium = meta["replay_sequence"], meta["learning_starts"], meta["medium"]["step"]
     bounds = np.array([0, learning_starts] + [c["step"] for c in seq[1:]] + [medium], dtype=float)
     keys = [None] + [c["file"] for c in seq]
-    exact = total * np.diff(bounds) / medium
-    counts = np.floor(exact).astype(int)
-    for i in np.argsort(counts - exact, kind="stable")[: total - counts.sum()]:
-        counts[i] += 1
+    counts = np.diff(np.round(total * bounds / medium).astype(int))  # rounded cumulatively: spread evenly, sum exact
     return [(k, int(c)) for k, c in zip(keys, counts) if c > 0]
 
 

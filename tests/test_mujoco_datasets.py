@@ -101,8 +101,15 @@ def test_replay_plan_shares_transitions_by_env_steps():
     plan = make_datasets.replay_plan(meta, 100_000)
     # random actions for 5k of 50k steps; the checkpoints stand for 5k, 20k and 20k steps
     assert plan == [(None, 10_000), ("a5000", 10_000), ("a10000", 40_000), ("a30000", 40_000)]
-    # 1001 = 100.1 + 100.1 + 400.4 + 400.4: the one left over goes to a largest remainder
+    # 1001 = 100.1 + 100.1 + 400.4 + 400.4, rounded cumulatively (100.1, 200.2, 600.6, 1001)
     assert [n for _, n in make_datasets.replay_plan(meta, 1001)] == [100, 100, 401, 400]
+    # fewer units than segments (--episodes 3 over 4 equal segments): spread over the run, the last one included
+    equal = dict(
+        learning_starts=5000,
+        medium=dict(step=20_000),
+        replay_sequence=[dict(step=s, file=f"a{s}") for s in (5000, 10_000, 15_000)],
+    )
+    assert [k for k, _ in make_datasets.replay_plan(equal, 3)] == [None, "a5000", "a15000"]
 
 
 @pytest.fixture(scope="module")
