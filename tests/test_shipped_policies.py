@@ -78,5 +78,7 @@ def test_hopper_qualities_are_ordered(tmp_path, monkeypatch):
     mean = {q: float(s.mean()) for q, s in score.items()}
     assert mean["random"] < mean["medium"] < mean["expert"]
     assert mean["medium"] < mean["medium-expert"] < mean["expert"]
-    replay = score["medium-replay"]  # episodes in collection order: random actions first, medium last
-    assert replay[:3].mean() < 0.5 * mean["medium"] < replay[-3:].mean()
+    # medium-replay, in collection order, is the run's replay buffer up to medium: random actions first, improving
+    # over training, below the medium policy (the run reaches medium at its last checkpoint)
+    replay = score["medium-replay"]
+    assert replay[:3].mean() < replay[-3:].mean() < mean["medium"]
