@@ -6,6 +6,7 @@ policies are checked in test_shipped_policies.py, sac.py's resumption in test_sa
 
 import json
 import os
+import shutil
 
 import minari
 import numpy as np
@@ -179,7 +180,7 @@ def test_missing_policies_give_a_clear_error(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
 def test_a_broken_shipped_checkpoint_is_named_and_nothing_is_built(fake_shipped, tmp_path, monkeypatch, capsys, damage):
     policies = tmp_path / "policies"
-    os.system(f"cp -r {fake_shipped / 'policies'} {policies}")
+    shutil.copytree(fake_shipped / "policies", policies)
     victim = policies / "hopper" / "actor_0003000.pt"
     victim.unlink() if damage == "missing" else victim.write_bytes(b"not a checkpoint")
     monkeypatch.setattr(make_datasets, "POLICY_DIR", str(policies))
